@@ -1,0 +1,247 @@
+"""``diffdrr-ros``: command-line entry to the core (render, register, environment info).
+
+Sub-commands (each has ``--help``):
+
+* ``render``   - one DRR of a CT or built-in phantom at a C-arm pose, to .npy or .png.
+* ``register`` - register one X-ray frame to a CT; prints pose, similarity, time (and mTRE).
+* ``info``     - the environment: ROS distro, rmw, torch, device.
+* ``demo``     - the README's main job.
+
+Poses on the command line are the seed's C-arm parameters in degrees and millimetres:
+``THETA PHI GAMMA BX BY BZ`` (cranial, LAO, detector rotation, translation of the CT centre
+from the isocentre); see :mod:`diffdrr_ros.core.geometry`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .core.geometry import Detector, carm_to_matrix
+from .core.phantoms import PHANTOMS, make_phantom
+from .core.volume import Volume, VolumeLoadError, load_volume
+
+
+def _add_volume_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--ct", type=Path, help="CT: DICOM directory, .nii/.nii.gz, or .npy (with --ct-spacing)")
+    src.add_argument("--phantom", default=None, choices=sorted(PHANTOMS), help="built-in phantom (default: head)")
+    p.add_argument("--ct-spacing", type=float, nargs=3, metavar=("SI", "SJ", "SK"), help="voxel size (mm) for .npy")
+    p.add_argument("--ct-downsample", type=int, default=1, help="integer CT downsampling factor for speed")
+
+
+def _add_detector_args(p: argparse.ArgumentParser, size_required: bool = False) -> None:
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None if size_required else [200, 200],
+                   help="detector rows, columns (pixels)")
+    p.add_argument("--spacing", type=float, nargs=2, metavar=("DY", "DX"), default=None,
+                   help="pixel pitch (mm); default: a 400 mm panel")
+    p.add_argument("--sdd", type=float, default=1020.0, help="source-to-detector distance (mm)")
+    p.add_argument("--sid", type=float, default=None, help="source-to-isocentre distance (mm); default SDD/2")
+    p.add_argument("--principal-point", type=float, nargs=2, default=(0.0, 0.0), metavar=("X0", "Y0"),
+                   help="principal point offset from the detector centre (mm)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+
+
+def _detector(args: argparse.Namespace, shape: tuple[int, int] | None = None) -> Detector:
+    h, w = shape or tuple(args.size)
+    spacing = tuple(args.spacing) if args.spacing else (400.0 / max(h, w),) * 2
+    return Detector(h, w, spacing_mm=spacing, sdd_mm=args.sdd, sid_mm=args.sid,
+                    principal_point_mm=tuple(args.principal_point))
+
+
+def _volume(args: argparse.Namespace) -> Volume:
+    if args.ct is not None:
+        spacing = tuple(args.ct_spacing) if args.ct_spacing else None
+        vol = load_volume(args.ct, spacing=spacing)
+    else:
+        vol = make_phantom(args.phantom or "head")
+    return vol.downsample(args.ct_downsample) if args.ct_downsample > 1 else vol
+
+
+def _pose_args(values: list[float]) -> tuple[list[float], list[float]]:
+    return [math.radians(v) for v in values[:3]], list(values[3:])
+
+
+def _save_image(path: Path, image: np.ndarray) -> None:
+    """``.npy`` keeps the float values; ``.png`` is a 16-bit min-max normalised picture."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".npy":
+        np.save(path, image)
+        return
+    import cv2
+
+    lo, hi = float(image.min()), float(image.max())
+    scaled = np.zeros_like(image) if hi <= lo else (image - lo) / (hi - lo)
+    if not cv2.imwrite(str(path), (scaled * 65535).round().astype(np.uint16)):
+        raise OSError(f"could not write {path}")
+
+
+def load_xray(path: Path) -> np.ndarray:
+    """Read an X-ray frame: .npy, an image file (.png/.tif/...) or a DICOM file; grey 2-D."""
+    if path.suffix == ".npy":
+        return np.load(path)
+    if path.suffix.lower() in (".dcm", ".dicom", ""):
+        import pydicom
+
+        return pydicom.dcmread(path).pixel_array
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise OSError(f"could not read image {path}")
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY if img.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+    return img
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .core.render import RenderSettings, render, resolve_device, to_intensity
+
+    vol = _volume(args)
+    if not args.raw:
+        vol = vol.to_attenuation() if vol.kind == "hu" else vol
+    det = _detector(args)
+    device = resolve_device(args.device)
+    angles, trans = _pose_args(args.pose)
+    pose = carm_to_matrix(torch.tensor(angles, dtype=torch.float64), torch.tensor(trans, dtype=torch.float64),
+                          vol.center)
+    settings = RenderSettings(method=args.method, n_samples=args.samples,
+                              patch_size=tuple(args.patch) if args.patch else None)
+    with torch.no_grad():
+        img = render(vol.to(device), pose.to(device), det, settings)
+    if args.intensity:
+        img = to_intensity(img)
+    _save_image(args.out, img.cpu().numpy())
+    print(f"wrote {args.out}  ({det.height}x{det.width}, min {float(img.min()):.4g}, max {float(img.max()):.4g}, "
+          f"{'raw voxel values' if args.raw else 'attenuation'} x mm, device {device})")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from .core.geometry import matrix_to_carm
+    from .core.registration import Registrar, RegistrationConfig, prepare_fixed
+
+    vol = _volume(args)
+    frame = load_xray(args.xray)
+    fixed = prepare_fixed(frame, log_transform=args.log_transform, invert=args.invert)
+    det = _detector(args, tuple(fixed.shape))
+    cfg = RegistrationConfig(optimizer=args.optimizer, similarity=args.similarity,
+                             pyramid=tuple(args.pyramid), max_iterations=args.max_iterations,
+                             init_search=args.init_search)
+    reg = Registrar(vol, det, cfg, device=args.device)
+    init = reg.pose_from_carm(*_pose_args(args.init))
+    truth = reg.pose_from_carm(*_pose_args(args.truth)) if args.truth else None
+    result = reg.register(fixed, init, truth=truth)
+    angles, trans = matrix_to_carm(result.pose, reg.center)
+    deg = [round(math.degrees(a), 3) for a in angles.tolist()]
+    print(f"pose (theta, phi, gamma deg; bx, by, bz mm): {deg} {[round(t, 3) for t in trans.tolist()]}")
+    print(f"similarity {cfg.similarity}={result.similarity:.5f}  zncc={result.zncc:.5f}  "
+          f"iterations={result.iterations}  time={result.wall_time_s:.2f}s  device={reg.device}")
+    if result.mtre_mm is not None:
+        print(f"mTRE {result.mtre_mm:.3f} mm  ({'success' if result.success else 'failure'} at < 2 mm)")
+    print(f"verdict: {result.verdict}")
+    if args.json:
+        payload = result.to_dict()
+        payload["pose_carm_deg_mm"] = deg + trans.tolist()
+        args.json.write_text(json.dumps(payload, indent=2))
+    return 0 if result.accepted else 2
+
+
+def environment_report() -> dict[str, str]:
+    """ROS distro, rmw, torch version and device, as this process sees them."""
+    import importlib.metadata as md
+    import os
+
+    info = {"python": sys.version.split()[0], "torch": torch.__version__}
+    info["device"] = "cuda (" + torch.cuda.get_device_name(0) + ")" if torch.cuda.is_available() else "cpu"
+    distro = os.environ.get("ROS_DISTRO")
+    if not distro:
+        for name in ("jazzy", "kilted", "humble"):
+            try:
+                md.version(f"ros-{name}-rclpy")
+                distro = f"{name} (PyPI wheels)"
+                break
+            except md.PackageNotFoundError:
+                continue
+    info["ros_distro"] = distro or "none"
+    try:
+        from rclpy.utilities import get_rmw_implementation_identifier
+
+        info["rmw"] = get_rmw_implementation_identifier()
+    except Exception as exc:  # rclpy missing or no middleware: report, do not fail
+        info["rmw"] = f"unavailable ({type(exc).__name__}: {exc})"
+    info["discovery_range"] = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "unset")
+    return info
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    for k, v in environment_report().items():
+        print(f"{k:>16}: {v}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffdrr-ros", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("render", help="render one DRR to .npy/.png")
+    _add_volume_args(p)
+    _add_detector_args(p)
+    p.add_argument("--pose", type=float, nargs=6, default=[0, 0, 0, 0, 0, 0],
+                   metavar=("THETA", "PHI", "GAMMA", "BX", "BY", "BZ"), help="C-arm pose, degrees and mm")
+    p.add_argument("--method", choices=["siddon", "trilinear"], default="siddon")
+    p.add_argument("--samples", type=int, default=None, help="trilinear samples per ray")
+    p.add_argument("--patch", type=int, nargs=2, default=None, metavar=("PH", "PW"), help="patch size (pixels)")
+    p.add_argument("--raw", action="store_true", help="integrate raw voxel values (no HU -> attenuation mapping)")
+    p.add_argument("--intensity", action="store_true", help="write exp(-line integral) instead of the integral")
+    p.add_argument("--out", type=Path, default=Path("drr.png"))
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("register", help="register one X-ray frame to a CT")
+    _add_volume_args(p)
+    _add_detector_args(p)
+    p.add_argument("--xray", type=Path, required=True, help="frame: .npy, .png/.tif, or .dcm")
+    p.add_argument("--init", type=float, nargs=6, required=True, metavar=("THETA", "PHI", "GAMMA", "BX", "BY", "BZ"))
+    p.add_argument("--truth", type=float, nargs=6, default=None, help="ground-truth pose, to report the mTRE")
+    p.add_argument("--optimizer", choices=["adam", "gd", "gdm", "gddm"], default="adam")
+    p.add_argument("--similarity", default="zncc", help="zncc, l2, pncc, mncc, gncc, mncc+gncc")
+    p.add_argument("--pyramid", type=int, nargs="+", default=[4, 2, 1], help="detector downsampling factors")
+    p.add_argument("--max-iterations", type=int, default=150, help="per pyramid level")
+    p.add_argument("--init-search", action="store_true", help="batch search around --init first (wider capture)")
+    p.add_argument("--log-transform", action="store_true", help="frame holds raw intensities: use -log(I/I0)")
+    p.add_argument("--invert", action="store_true", help="negate the frame")
+    p.add_argument("--json", type=Path, default=None, help="write the result as JSON")
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("info", help="print ROS distro, rmw, torch and device")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="the README's main job (see diffdrr_ros/demo.py)")
+    p.add_argument("--out", type=Path, default=Path("out/demo"))
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (VolumeLoadError, OSError, ValueError, RuntimeError) as exc:
+        print(f"diffdrr-ros {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
