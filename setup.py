@@ -26,6 +26,7 @@ setup(
     entry_points={
         "console_scripts": [
             "diffdrr-ros = diffdrr_ros.cli:main",
+            "registration_node = diffdrr_ros.ros.registration_node:main",
         ],
     },
 )

@@ -1,0 +1,202 @@
+"""Message <-> array conversions at the ROS boundary (units change here, once).
+
+* Images: ``sensor_msgs/Image`` <-> numpy, written here because ROS 2's ``cv_bridge`` is
+  not installable from PyPI (the PyPI ``cv-bridge`` is an old ROS 1 copy that fails on
+  NumPy 2). Handles row padding (``step``), endianness and the encodings fluoroscopy
+  drivers send; colour is converted to grey with OpenCV.
+* Transforms: core poses are 4x4 in mm; ROS wants metres (REP-103) and quaternions.
+* Joint states: positions in rad and m -> :class:`~diffdrr_ros.core.kinematics.CArmJoints`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Pose, Quaternion, Transform, TransformStamped, Vector3
+from sensor_msgs.msg import Image, JointState
+
+from ..core.kinematics import CArmJoints
+from ..core.rotations import matrix_to_quaternion
+
+# encoding -> (numpy dtype, channels)
+ENCODINGS: dict[str, tuple[np.dtype, int]] = {
+    "mono8": (np.dtype(np.uint8), 1),
+    "8UC1": (np.dtype(np.uint8), 1),
+    "mono16": (np.dtype(np.uint16), 1),
+    "16UC1": (np.dtype(np.uint16), 1),
+    "16SC1": (np.dtype(np.int16), 1),
+    "32SC1": (np.dtype(np.int32), 1),
+    "32FC1": (np.dtype(np.float32), 1),
+    "64FC1": (np.dtype(np.float64), 1),
+    "rgb8": (np.dtype(np.uint8), 3),
+    "bgr8": (np.dtype(np.uint8), 3),
+    "rgba8": (np.dtype(np.uint8), 4),
+    "bgra8": (np.dtype(np.uint8), 4),
+    "rgb16": (np.dtype(np.uint16), 3),
+    "bgr16": (np.dtype(np.uint16), 3),
+}
+_TO_GREY = {
+    "rgb8": cv2.COLOR_RGB2GRAY,
+    "bgr8": cv2.COLOR_BGR2GRAY,
+    "rgba8": cv2.COLOR_RGBA2GRAY,
+    "bgra8": cv2.COLOR_BGRA2GRAY,
+    "rgb16": cv2.COLOR_RGB2GRAY,
+    "bgr16": cv2.COLOR_BGR2GRAY,
+}
+
+
+class ImageConversionError(ValueError):
+    """The Image message cannot be read as a grey frame (encoding, size, buffer)."""
+
+
+def image_to_array(msg: Image) -> np.ndarray:
+    """Decode an Image into an ``(H, W)`` grey array (colour converted to grey).
+
+    Raises:
+        ImageConversionError: unknown encoding, empty frame, or a buffer that does not
+            match ``height``, ``width`` and ``step``.
+    """
+    enc = msg.encoding
+    if enc not in ENCODINGS:
+        raise ImageConversionError(f"unsupported encoding {enc!r}; supported: {', '.join(ENCODINGS)}")
+    dtype, channels = ENCODINGS[enc]
+    h, w = int(msg.height), int(msg.width)
+    if h == 0 or w == 0:
+        raise ImageConversionError(f"empty image ({h}x{w})")
+    row_bytes = w * channels * dtype.itemsize
+    step = int(msg.step) or row_bytes
+    if step < row_bytes:
+        raise ImageConversionError(f"step {step} is smaller than a row ({row_bytes} bytes)")
+    data = bytes(msg.data) if not isinstance(msg.data, bytes | bytearray) else msg.data
+    if len(data) < step * (h - 1) + row_bytes:
+        raise ImageConversionError(f"buffer has {len(data)} bytes, {h}x{w} {enc} with step {step} needs "
+                                   f"{step * (h - 1) + row_bytes}")
+    raw = np.frombuffer(data, dtype=np.uint8, count=step * (h - 1) + row_bytes)
+    rows = np.lib.stride_tricks.as_strided(raw, shape=(h, row_bytes), strides=(step, 1))
+    big = bool(msg.is_bigendian)
+    arr = np.ascontiguousarray(rows).view(dtype.newbyteorder(">" if big else "<")).reshape(h, w, channels)
+    arr = arr.astype(dtype.newbyteorder("="), copy=False)
+    if channels == 1:
+        return arr[..., 0]
+    return cv2.cvtColor(arr, _TO_GREY[enc])
+
+
+def array_to_image(arr: np.ndarray, encoding: str, stamp: Time | None = None, frame_id: str = "") -> Image:
+    """Encode an array as an Image (``(H, W)`` or ``(H, W, C)``; dtype must match ``encoding``)."""
+    if encoding not in ENCODINGS:
+        raise ImageConversionError(f"unsupported encoding {encoding!r}")
+    dtype, channels = ENCODINGS[encoding]
+    a = np.ascontiguousarray(arr)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.dtype != dtype or a.shape[2] != channels:
+        raise ImageConversionError(f"array {a.dtype} x{a.shape[2]} does not match {encoding}")
+    msg = Image()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(a.shape[0]), int(a.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = int(sys.byteorder == "big")
+    msg.step = int(a.shape[1] * channels * dtype.itemsize)
+    msg.data = a.tobytes()
+    return msg
+
+
+def matrix_to_transform(tf_mm: torch.Tensor | np.ndarray) -> Transform:
+    """4x4 rigid transform in mm -> geometry_msgs/Transform in metres."""
+    m = torch.as_tensor(np.asarray(tf_mm), dtype=torch.float64)
+    q = matrix_to_quaternion(m[:3, :3]).tolist()  # w, x, y, z
+    t = (m[:3, 3] / 1000.0).tolist()
+    return Transform(translation=Vector3(x=t[0], y=t[1], z=t[2]),
+                     rotation=Quaternion(w=q[0], x=q[1], y=q[2], z=q[3]))
+
+
+def matrix_to_pose(tf_mm: torch.Tensor | np.ndarray) -> Pose:
+    """4x4 rigid transform in mm -> geometry_msgs/Pose in metres."""
+    t = matrix_to_transform(tf_mm)
+    pose = Pose()
+    pose.position.x, pose.position.y, pose.position.z = t.translation.x, t.translation.y, t.translation.z
+    pose.orientation = t.rotation
+    return pose
+
+
+def transform_to_matrix(t: Transform) -> torch.Tensor:
+    """geometry_msgs/Transform (metres) -> 4x4 float64 in mm."""
+    from ..core.rotations import make_transform, quaternion_to_matrix
+
+    q = torch.tensor([t.rotation.w, t.rotation.x, t.rotation.y, t.rotation.z], dtype=torch.float64)
+    trans = torch.tensor([t.translation.x, t.translation.y, t.translation.z], dtype=torch.float64) * 1000.0
+    return make_transform(quaternion_to_matrix(q), trans)
+
+
+def stamped_transform(tf_mm, parent: str, child: str, stamp: Time) -> TransformStamped:
+    msg = TransformStamped()
+    msg.header.stamp = stamp
+    msg.header.frame_id = parent
+    msg.child_frame_id = child
+    msg.transform = matrix_to_transform(tf_mm)
+    return msg
+
+
+def stamp_to_seconds(stamp: Time) -> float:
+    return float(stamp.sec) + 1e-9 * float(stamp.nanosec)
+
+
+@dataclass(frozen=True)
+class JointNames:
+    """Which JointState names carry which C-arm quantity (configurable in YAML)."""
+
+    lao: str = "carm_lao_rao"
+    cranial: str = "carm_cranial_caudal"
+    detector_rotation: str = "carm_detector_rotation"
+    sdd: str = "carm_source_detector_distance"
+    table: tuple[str, str, str] = ("table_x", "table_y", "table_z")
+
+
+class JointStateError(ValueError):
+    """A JointState lacks the C-arm joints or carries non-finite values."""
+
+
+def joints_from_message(msg: JointState, names: JointNames) -> CArmJoints:
+    """Read C-arm joints (rad, m) into :class:`CArmJoints` (rad, mm).
+
+    The two gantry angles are required; detector rotation, SDD and table joints are
+    optional (0, the configured SDD, and 0 when absent).
+    """
+    pos: Mapping[str, float] = dict(zip(msg.name, msg.position, strict=False))
+    missing = [n for n in (names.lao, names.cranial) if n not in pos]
+    if missing:
+        raise JointStateError(f"joint state lacks {missing} (has {list(msg.name)})")
+    values = {k: float(v) for k, v in pos.items()}
+    bad = [k for k, v in values.items() if not np.isfinite(v)]
+    if bad:
+        raise JointStateError(f"non-finite joint values for {bad}")
+    sdd = values.get(names.sdd)
+    return CArmJoints(
+        lao_rad=values[names.lao],
+        cranial_rad=values[names.cranial],
+        detector_rotation_rad=values.get(names.detector_rotation, 0.0),
+        sdd_mm=None if sdd is None else sdd * 1000.0,
+        table_mm=tuple(values.get(n, 0.0) * 1000.0 for n in names.table),
+    )
+
+
+def joints_to_message(joints: CArmJoints, names: JointNames, stamp: Time | None = None) -> JointState:
+    """Inverse of :func:`joints_from_message` (for the simulator and tests)."""
+    msg = JointState()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.name = [names.lao, names.cranial, names.detector_rotation, *names.table]
+    msg.position = [joints.lao_rad, joints.cranial_rad, joints.detector_rotation_rad,
+                    *(v / 1000.0 for v in joints.table_mm)]
+    if joints.sdd_mm is not None:
+        msg.name.append(names.sdd)
+        msg.position.append(joints.sdd_mm / 1000.0)
+    return msg

@@ -1,0 +1,124 @@
+"""The registration node's parameters: names, defaults, descriptions, ranges.
+
+One table, so that the node declares them, ``config/registration.yaml`` documents them, and
+a test checks the two agree. ``read_only`` parameters are structural (the CT, the device,
+topics, frames); changing them at run time is refused by rclpy with a reason. The others
+take effect from the next frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    description: str
+    read_only: bool = False
+    range: tuple[float, float] | None = None
+
+    def descriptor(self) -> ParameterDescriptor:
+        d = ParameterDescriptor(description=self.description, read_only=self.read_only)
+        if self.range is not None:
+            lo, hi = self.range
+            if isinstance(self.default, bool):
+                pass
+            elif isinstance(self.default, int):
+                d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+            elif isinstance(self.default, float):
+                d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+        return d
+
+
+PARAMS: list[Param] = [
+    # The CT and where it runs
+    Param("ct_path", "phantom:head", "CT: DICOM directory, .nii/.nii.gz, .npy, or phantom:<name> (built-in)", True),
+    Param("ct_spacing_mm", [1.0, 1.0, 1.0], "voxel size (mm) for a .npy CT", True),
+    Param("ct_downsample", 1, "integer CT downsampling factor (speed vs detail)", True, (1, 16)),
+    Param("device", "auto", "torch device: auto (CUDA when present), cpu, cuda, cuda:N", True),
+    # Detector intrinsics (CameraInfo, when enabled and received, overrides size and principal point)
+    Param("detector.height", 128, "detector rows of incoming frames (pixels)", True, (1, 8192)),
+    Param("detector.width", 128, "detector columns of incoming frames (pixels)", True, (1, 8192)),
+    Param("detector.pixel_spacing_mm", [3.125, 3.125], "pixel pitch (row, column), mm", True),
+    Param("detector.sdd_mm", 1020.0, "source-to-detector distance, mm", True, (1.0, 5000.0)),
+    Param("detector.sid_mm", 750.0, "source-to-isocentre distance, mm (0: half the SDD)", True, (0.0, 5000.0)),
+    Param("detector.principal_point_mm", [0.0, 0.0], "principal point offset from the detector centre, mm", True),
+    Param("use_camera_info", False, "take detector size and principal point from CameraInfo", True),
+    # How frames are read
+    Param("image.log_transform", True, "frames are raw intensities: register -log(I/I0)"),
+    Param("image.i0", 0.0, "unattenuated intensity I0 for the log transform (0: frame maximum)", False, (0.0, 1e9)),
+    Param("image.invert", False, "negate frames after the log transform"),
+    # Registration
+    Param("registration.optimizer", "adam", "gd, gdm, gddm or adam (the seed's optimisers)"),
+    Param("registration.similarity", "zncc", "zncc, l2, pncc, mncc, gncc, mncc+gncc"),
+    Param("registration.lr_rotation", 0.02, "rotation step size (rad per step for Adam)", False, (1e-6, 10.0)),
+    Param("registration.lr_translation", 2.0, "translation step size (mm per step for Adam)", False, (1e-6, 1000.0)),
+    Param("registration.max_iterations", 150, "iteration limit per pyramid level", False, (1, 10000)),
+    Param("registration.pyramid", [4, 2, 1], "detector downsampling factors for the first frame, coarse to fine"),
+    Param("registration.tracking_pyramid", [2, 1], "pyramid for tracking frames (start from the last good pose)"),
+    Param("registration.init_search_first_frame", True, "batch search around the joint-state pose on wide captures"),
+    Param("registration.min_similarity", 0.9, "quality gate: final ZNCC below this is not published", False,
+          (-1.0, 1.0)),
+    # Joint states
+    Param("joints.max_age_s", 0.5, "largest |frame stamp - joint stamp| accepted, s", False, (0.0, 60.0)),
+    Param("joints.lao", "carm_lao_rao", "JointState name of the LAO(+)/RAO(-) angle (rad)", True),
+    Param("joints.cranial", "carm_cranial_caudal", "JointState name of the cranial(+)/caudal(-) angle (rad)", True),
+    Param("joints.detector_rotation", "carm_detector_rotation", "JointState name of the detector rotation (rad)", True),
+    Param("joints.sdd", "carm_source_detector_distance", "JointState name of the SDD (m), optional", True),
+    Param("joints.table", ["table_x", "table_y", "table_z"], "JointState names of the table translations (m)", True),
+    # Prior placement of the CT on the table (the seed's translation b; rotation of the CT axes)
+    Param("prior.translation_mm", [0.0, 0.0, 0.0], "CT centre from the isocentre with the table at zero, mm", True),
+    Param("prior.rotation_deg", [0.0, 0.0, 0.0], "rotation of the CT axes about x, y, z of the table, degrees", True),
+    # Frames and topics
+    Param("frames.carm", "carm_isocenter", "fixed C-arm frame: parent of the CT frame on /tf", True),
+    Param("frames.ct", "ct", "CT frame (child); LPS axes of the volume, metres", True),
+    Param("frames.source", "carm_source_optical", "X-ray source frame (z along the beam), on /tf", True),
+    Param("frames.world", "world", "parent of the C-arm frame on /tf_static ('' to not publish it)", True),
+    Param("frames.world_to_carm", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "world->C-arm static transform: x y z (m) "
+          "roll pitch yaw (rad)", True),
+    Param("topics.image", "fluoro/image", "incoming fluoroscopy frames (sensor_msgs/Image)", True),
+    Param("topics.camera_info", "fluoro/camera_info", "detector intrinsics (sensor_msgs/CameraInfo)", True),
+    Param("topics.joint_states", "carm/joint_states", "C-arm and table joints (sensor_msgs/JointState)", True),
+    Param("qos.image_reliability", "best_effort", "image subscription reliability: best_effort or reliable", True),
+    # Outputs
+    Param("overlay.mode", "edges", "overlay style: edges or blend"),
+    Param("diagnostics_period_s", 1.0, "diagnostics publishing period, s", True, (0.05, 60.0)),
+]
+
+PARAMS_BY_NAME = {p.name: p for p in PARAMS}
+
+
+def _yaml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_yaml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def render_yaml() -> str:
+    """The commented defaults file (``config/registration.yaml``), generated from :data:`PARAMS`."""
+    lines = [
+        "# diffdrr_ros registration node: parameters with their defaults.",
+        "# Generated from diffdrr_ros/ros/params.py (python -m diffdrr_ros.ros.params > config/registration.yaml).",
+        "# [read-only] parameters are structural: changing them needs a restart. Units: mm, rad unless stated.",
+        "/**:",
+        "  ros__parameters:",
+    ]
+    for p in PARAMS:
+        note = " [read-only]" if p.read_only else ""
+        rng = f" (range {p.range[0]}..{p.range[1]})" if p.range else ""
+        lines.append(f"    # {p.description}{rng}{note}")
+        lines.append(f"    {p.name}: {_yaml_value(p.default)}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_yaml(), end="")

@@ -1,0 +1,464 @@
+"""The registration node: fluoroscopy + C-arm joints in, CT pose on TF + DRR overlay out.
+
+Thin glue over :mod:`diffdrr_ros.core`: parameters in, messages converted, the core's
+:class:`~diffdrr_ros.core.registration.Registrar` called on a worker thread, messages out.
+
+Interfaces (names relative to the node's namespace; see README):
+
+* subscribes ``fluoro/image`` (Image, sensor-data QoS), ``carm/joint_states``
+  (JointState), optionally ``fluoro/camera_info`` (CameraInfo);
+* publishes ``/tf`` (carm -> ct, carm -> source, stamped with the image time),
+  ``/tf_static`` (world -> carm), ``~/ct_pose`` (PoseWithCovarianceStamped),
+  ``~/overlay`` (Image rgb8), ``/diagnostics`` (DiagnosticArray);
+* services ``~/reregister`` and ``~/reset`` (std_srvs/Trigger).
+
+Frames arriving while a registration runs replace the waiting one (latest wins).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import rclpy
+import torch
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_srvs.srv import Trigger
+from tf2_msgs.msg import TFMessage
+
+from ..core.geometry import Detector
+from ..core.kinematics import CArmJoints, default_prior, initial_pose, iso_from_ct, propagate_pose
+from ..core.overlay import overlay
+from ..core.phantoms import make_phantom
+from ..core.registration import FixedImageError, Registrar, RegistrationConfig, RegistrationResult, prepare_fixed
+from ..core.rotations import make_transform, rot_x, rot_y, rot_z
+from ..core.volume import Volume, VolumeLoadError, load_volume
+from .conversions import (
+    ImageConversionError,
+    JointNames,
+    JointStateError,
+    array_to_image,
+    image_to_array,
+    joints_from_message,
+    matrix_to_pose,
+    stamp_to_seconds,
+    stamped_transform,
+)
+from .params import PARAMS
+
+TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
+                    history=HistoryPolicy.KEEP_LAST)
+TF_STATIC_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
+
+
+class StartupError(RuntimeError):
+    """The node cannot start (unreadable CT, bad geometry, unusable device)."""
+
+
+class LatestSlot:
+    """A one-element mailbox: ``put`` replaces what waits, ``take`` blocks until something does."""
+
+    def __init__(self) -> None:
+        self._item = None
+        self._cond = threading.Condition()
+        self.replaced = 0
+
+    def put(self, item) -> None:
+        with self._cond:
+            if self._item is not None:
+                self.replaced += 1
+            self._item = item
+            self._cond.notify()
+
+    def take(self, timeout: float) -> object | None:
+        with self._cond:
+            if self._item is None:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+
+@dataclass
+class NodeStats:
+    frames_received: int = 0
+    frames_registered: int = 0
+    frames_published: int = 0
+    frames_rejected: int = 0
+    frames_dropped: int = 0
+    level: int = DiagnosticStatus.OK
+    message: str = "waiting for frames"
+    last_rejection: str = ""
+    last: dict[str, str] = field(default_factory=dict)
+
+
+def load_ct(path: str, spacing: list[float], downsample: int) -> Volume:
+    """``phantom:<name>`` or a file/directory; errors become :class:`StartupError`."""
+    try:
+        if path.startswith("phantom:"):
+            vol = make_phantom(path.split(":", 1)[1])
+        else:
+            vol = load_volume(path, spacing=tuple(spacing) if path.endswith(".npy") else None)
+        return vol.downsample(downsample) if downsample > 1 else vol
+    except (VolumeLoadError, ValueError, OSError) as exc:
+        raise StartupError(f"cannot load CT {path!r}: {exc}") from exc
+
+
+class RegistrationNode(Node):
+    """See the module docstring. ``main()`` runs it."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("diffdrr_registration", **kwargs)
+        for p in PARAMS:
+            self.declare_parameter(p.name, p.default, p.descriptor())
+        self.stats = NodeStats()
+        self._lock = threading.Lock()
+        self._joint_buffer: deque[tuple[float, CArmJoints]] = deque(maxlen=200)
+        self._last_good: tuple[torch.Tensor, CArmJoints] | None = None
+        self._last_stamp = -math.inf
+        self._wide_next = True
+        self._camera_info: CameraInfo | None = None
+
+        self.joint_names = JointNames(
+            lao=self._p("joints.lao"), cranial=self._p("joints.cranial"),
+            detector_rotation=self._p("joints.detector_rotation"), sdd=self._p("joints.sdd"),
+            table=tuple(self._p("joints.table")),
+        )
+        self.frames = {k: self._p(f"frames.{k}") for k in ("carm", "ct", "source", "world")}
+        for key in ("carm", "ct", "source"):
+            if not self.frames[key]:
+                raise StartupError(f"frames.{key} must not be empty (tf2 rejects empty frame ids)")
+        self.detector = self._detector_from_params()
+        volume = load_ct(self._p("ct_path"), self._p("ct_spacing_mm"), self._p("ct_downsample"))
+        try:
+            self.registrar = Registrar(volume, self.detector, self._config(), device=self._p("device"))
+        except (RuntimeError, ValueError) as exc:
+            raise StartupError(str(exc)) from exc
+        self.prior = self._prior(volume)
+        self._levels = {tuple(self.registrar.config.pyramid): self.registrar.levels}
+        self.get_logger().info(
+            f"CT {self._p('ct_path')} {volume.shape} voxels, detector {self.detector.shape}, "
+            f"device {self.registrar.device}, pyramid {self._p('registration.pyramid')}")
+
+        self.tf_pub = self.create_publisher(TFMessage, "/tf", TF_QOS)
+        self.tf_static_pub = self.create_publisher(TFMessage, "/tf_static", TF_STATIC_QOS)
+        self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/ct_pose", 10)
+        self.overlay_pub = self.create_publisher(Image, "~/overlay", 2)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        image_qos = qos_profile_sensor_data
+        if self._p("qos.image_reliability") == "reliable":
+            image_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        self.create_subscription(Image, self._p("topics.image"), self._on_image, image_qos)
+        self.create_subscription(JointState, self._p("topics.joint_states"), self._on_joints, 50)
+        if self._p("use_camera_info"):
+            self.create_subscription(CameraInfo, self._p("topics.camera_info"), self._on_camera_info, 5)
+        self.create_service(Trigger, "~/reregister", self._on_reregister)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self.create_timer(self._p("diagnostics_period_s"), self._publish_diagnostics)
+        self._publish_static()
+
+        self._slot = LatestSlot()
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name="registration", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ parameters
+
+    def _p(self, name: str):
+        return self.get_parameter(name).value
+
+    def _detector_from_params(self) -> Detector:
+        sid = self._p("detector.sid_mm")
+        try:
+            return Detector(
+                self._p("detector.height"), self._p("detector.width"),
+                spacing_mm=tuple(self._p("detector.pixel_spacing_mm")), sdd_mm=self._p("detector.sdd_mm"),
+                sid_mm=sid if sid > 0 else None, principal_point_mm=tuple(self._p("detector.principal_point_mm")),
+            )
+        except ValueError as exc:
+            raise StartupError(f"bad detector parameters: {exc}") from exc
+
+    def _config(self, overrides: dict | None = None, tracking: bool = False, wide: bool = False) -> RegistrationConfig:
+        def get(n):
+            return (overrides[n] if overrides and n in overrides else self._p(n))
+        pyramid = get("registration.tracking_pyramid") if tracking else get("registration.pyramid")
+        return RegistrationConfig(
+            optimizer=get("registration.optimizer"), similarity=get("registration.similarity"),
+            lr_rotation=get("registration.lr_rotation"), lr_translation=get("registration.lr_translation"),
+            max_iterations=get("registration.max_iterations"), pyramid=tuple(int(f) for f in pyramid),
+            min_similarity=get("registration.min_similarity"),
+            init_search=wide and bool(get("registration.init_search_first_frame")),
+        )
+
+    def _prior(self, volume: Volume) -> torch.Tensor:
+        rx, ry, rz = (math.radians(v) for v in self._p("prior.rotation_deg"))
+        r = rot_z(torch.tensor(rz, dtype=torch.float64)) @ rot_y(torch.tensor(ry, dtype=torch.float64)) @ rot_x(
+            torch.tensor(rx, dtype=torch.float64))
+        b = torch.tensor(self._p("prior.translation_mm"), dtype=torch.float64)
+        # T_table_ct: rotate the CT about its centre, then put the centre at b.
+        return make_transform(r, b) @ default_prior(volume.center)
+
+    def _validate_parameters(self, params) -> SetParametersResult:
+        """Validate only (no side effects): the registration settings must make a config."""
+        overrides = {p.name: p.value for p in params}
+        try:
+            self._config(overrides)
+            self._config(overrides, tracking=True)
+            if "overlay.mode" in overrides and overrides["overlay.mode"] not in ("edges", "blend"):
+                raise ValueError("overlay.mode must be edges or blend")
+        except (ValueError, TypeError) as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params) -> None:
+        names = ", ".join(f"{p.name}={p.value}" for p in params)
+        self.get_logger().info(f"parameters changed ({names}); effective from the next frame")
+
+    # ------------------------------------------------------------------ callbacks (executor thread)
+
+    def _on_joints(self, msg: JointState) -> None:
+        try:
+            joints = joints_from_message(msg, self.joint_names)
+        except JointStateError as exc:
+            self._reject(f"bad joint state: {exc}", count=False)
+            return
+        with self._lock:
+            self._joint_buffer.append((stamp_to_seconds(msg.header.stamp), joints))
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        with self._lock:
+            self._camera_info = msg
+
+    def _on_image(self, msg: Image) -> None:
+        with self._lock:
+            self.stats.frames_received += 1
+        self._slot.put((msg, time.perf_counter()))
+
+    def _on_reregister(self, request, response):
+        with self._lock:
+            self._wide_next = True
+            self._last_good = None
+        response.success, response.message = True, "next frame: full registration with the wide capture range"
+        return response
+
+    def _on_reset(self, request, response):
+        with self._lock:
+            self._last_good = None
+        response.success, response.message = True, "tracking reset: next frame starts from the joint-state pose"
+        return response
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _work(self) -> None:
+        while self._running:
+            item = self._slot.take(timeout=0.2)
+            if item is None:
+                continue
+            msg, t_in = item
+            try:
+                self._process(msg, t_in)
+            except Exception as exc:  # never let one frame kill the node
+                self.get_logger().error(f"frame dropped: unexpected {type(exc).__name__}: {exc}")
+                self._reject(f"internal error: {type(exc).__name__}: {exc}", level=DiagnosticStatus.ERROR)
+
+    def _nearest_joints(self, t: float) -> tuple[CArmJoints, float] | None:
+        with self._lock:
+            if not self._joint_buffer:
+                return None
+            stamp, joints = min(self._joint_buffer, key=lambda sj: abs(sj[0] - t))
+        return joints, abs(stamp - t)
+
+    def _process(self, msg: Image, t_in: float) -> None:
+        stamp = stamp_to_seconds(msg.header.stamp)
+        if stamp <= self._last_stamp:
+            self._reject(f"out-of-order frame (stamp {stamp:.3f} s <= last {self._last_stamp:.3f} s)")
+            return
+        try:
+            frame = image_to_array(msg)
+        except ImageConversionError as exc:
+            self._reject(f"bad image: {exc}")
+            return
+        if frame.shape != self.detector.shape:
+            self._reject(f"wrong image size {frame.shape[0]}x{frame.shape[1]}, expected "
+                         f"{self.detector.height}x{self.detector.width}")
+            return
+        try:
+            i0 = self._p("image.i0")
+            fixed = prepare_fixed(frame, log_transform=self._p("image.log_transform"), i0=i0 if i0 > 0 else None,
+                                  invert=self._p("image.invert"))
+        except FixedImageError as exc:
+            self._reject(f"bad image: {exc}")
+            return
+        nearest = self._nearest_joints(stamp)
+        if nearest is None:
+            self._reject("no joint state received yet: cannot place the C-arm")
+            return
+        joints, age = nearest
+        max_age = self._p("joints.max_age_s")
+        if age > max_age:
+            self._reject(f"stale joint state: nearest is {age:.3f} s from the frame (max {max_age:.3f} s)")
+            return
+        with self._lock:
+            last_good, wide = self._last_good, self._wide_next
+        if last_good is not None and not wide:
+            init = propagate_pose(last_good[0], last_good[1], joints)
+            config = self._config(tracking=True)
+            mode = "tracking"
+        else:
+            init = initial_pose(joints, self.prior)
+            config = self._config(wide=True)
+            mode = "full"
+        self._last_stamp = stamp
+        result = self._register(fixed, init, config)
+        latency = time.perf_counter() - t_in
+        with self._lock:
+            self.stats.frames_registered += 1
+        self._publish_overlay(frame, fixed, result, msg)
+        info = {
+            "mode": mode, "similarity": f"{result.similarity:.5f}", "zncc": f"{result.zncc:.5f}",
+            "iterations": str(result.iterations), "latency_ms": f"{latency * 1000:.1f}",
+            "registration_ms": f"{result.wall_time_s * 1000:.1f}", "stop_reason": result.stop_reason,
+            "joint_age_ms": f"{age * 1000:.1f}", "device": str(self.registrar.device),
+        }
+        if not result.accepted:
+            self._reject(f"registration rejected by the quality gate: {result.verdict}", info=info,
+                         level=DiagnosticStatus.WARN)
+            return
+        iso_ct = iso_from_ct(result.pose, joints)
+        self._publish_pose(iso_ct, joints, msg.header.stamp)
+        with self._lock:
+            self._last_good = (result.pose, joints)
+            self._wide_next = False
+            self.stats.frames_published += 1
+            self.stats.level, self.stats.message = DiagnosticStatus.OK, f"registered ({mode}): {result.verdict}"
+            self.stats.last = info
+        self.get_logger().info(f"{mode} registration: ZNCC {result.zncc:.4f}, {result.iterations} it, "
+                               f"{latency * 1000:.0f} ms frame-to-TF")
+
+    def _register(self, fixed, init, config: RegistrationConfig) -> RegistrationResult:
+        self.registrar.config = config
+        key = tuple(config.pyramid)
+        if key not in self._levels:  # CT pyramids are built once per pyramid and kept
+            self._levels[key] = self.registrar._build_levels(key)
+        self.registrar.levels = self._levels[key]
+        try:
+            return self.registrar.register(fixed, init)
+        except torch.OutOfMemoryError:
+            self.get_logger().error("CUDA out of memory: falling back to the CPU for the rest of the run")
+            torch.cuda.empty_cache()
+            self.registrar = Registrar(self.registrar.volume, self.detector, config, device="cpu")
+            self._levels = {key: self.registrar.levels}
+            return self.registrar.register(fixed, init)
+
+    # ------------------------------------------------------------------ outputs
+
+    def _reject(self, why: str, *, count: bool = True, info: dict | None = None,
+                level: int = DiagnosticStatus.WARN) -> None:
+        self.get_logger().warning(why)
+        with self._lock:
+            if count:
+                self.stats.frames_rejected += 1
+            self.stats.level, self.stats.message, self.stats.last_rejection = level, why, why
+            if info:
+                self.stats.last = info
+        self._publish_diagnostics()
+
+    def _publish_static(self) -> None:
+        if not self.frames["world"]:
+            return
+        x, y, z, roll, pitch, yaw = (float(v) for v in self._p("frames.world_to_carm"))
+        r = (rot_z(torch.tensor(yaw, dtype=torch.float64)) @ rot_y(torch.tensor(pitch, dtype=torch.float64))
+             @ rot_x(torch.tensor(roll, dtype=torch.float64)))
+        tf = make_transform(r, torch.tensor([x, y, z], dtype=torch.float64) * 1000.0)
+        stamp = self.get_clock().now().to_msg()
+        self.tf_static_pub.publish(TFMessage(transforms=[
+            stamped_transform(tf, self.frames["world"], self.frames["carm"], stamp)]))
+
+    def _publish_pose(self, iso_ct: torch.Tensor, joints: CArmJoints, stamp) -> None:
+        from ..core.kinematics import cam_from_iso
+        from ..core.rotations import invert_transform
+
+        sid = float(self.detector.sid)
+        iso_source = invert_transform(cam_from_iso(joints)) @ make_transform(
+            torch.eye(3, dtype=torch.float64), torch.tensor([0.0, 0.0, -sid], dtype=torch.float64))
+        self.tf_pub.publish(TFMessage(transforms=[
+            stamped_transform(iso_ct, self.frames["carm"], self.frames["ct"], stamp),
+            stamped_transform(iso_source, self.frames["carm"], self.frames["source"], stamp),
+        ]))
+        pose = PoseWithCovarianceStamped()
+        pose.header.stamp = stamp
+        pose.header.frame_id = self.frames["carm"]
+        pose.pose.pose = matrix_to_pose(iso_ct)
+        pose.pose.covariance = [0.0] * 36  # unknown (REP-145 convention: all zeros)
+        self.pose_pub.publish(pose)
+
+    def _publish_overlay(self, frame: np.ndarray, fixed: torch.Tensor, result: RegistrationResult, msg: Image) -> None:
+        if self.overlay_pub.get_subscription_count() == 0:
+            return
+        drr = self.registrar.render(result.pose[None])[0].cpu().numpy()
+        rgb = overlay(fixed.cpu().numpy(), drr, mode=self._p("overlay.mode"),
+                      color=(0, 255, 0) if result.accepted else (255, 0, 0))
+        self.overlay_pub.publish(array_to_image(rgb, "rgb8", msg.header.stamp, msg.header.frame_id))
+
+    def _publish_diagnostics(self) -> None:
+        with self._lock:
+            s = self.stats
+            values = {
+                "frames_received": s.frames_received, "frames_registered": s.frames_registered,
+                "frames_published": s.frames_published, "frames_rejected": s.frames_rejected,
+                "frames_replaced_while_busy": self._slot.replaced if hasattr(self, "_slot") else 0,
+                "last_rejection": s.last_rejection, "device": str(self.registrar.device), **s.last,
+            }
+            status = DiagnosticStatus(level=s.level, name="diffdrr_ros: registration", message=s.message,
+                                      hardware_id=str(self.registrar.device),
+                                      values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        arr = DiagnosticArray(status=[status])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(arr)
+
+    def shutdown(self) -> None:
+        self._running = False
+        self._worker.join(timeout=5.0)
+
+
+def main(args: list[str] | None = None) -> int:
+    """``ros2 run diffdrr_ros registration_node --ros-args --params-file config/registration.yaml``."""
+    rclpy.init(args=args)
+    try:
+        node = RegistrationNode()
+    except StartupError as exc:
+        print(f"[FATAL] [diffdrr_registration]: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""The registration node in its own process, driven over real DDS (loopback) by this process.
+
+One node process serves the whole module (start-up costs a few seconds); each test sends
+its frames with increasing stamps. A frame rendered at a known pose plus joint states near
+it must give a TF within 2 mm mTRE of the truth; every kind of bad input must leave the node
+alive, publish no TF for that frame, say why in /diagnostics, and the next good frame must
+still register.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+import torch
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, JointState
+from std_srvs.srv import Trigger
+from tf2_msgs.msg import TFMessage
+
+from diffdrr_ros.core.geometry import Detector
+from diffdrr_ros.core.kinematics import CArmJoints, initial_pose
+from diffdrr_ros.core.metrics import mean_target_registration_error, target_points
+from diffdrr_ros.core.phantoms import make_phantom
+from diffdrr_ros.core.render import render, to_intensity
+from diffdrr_ros.core.rotations import make_transform, rot_z
+from diffdrr_ros.ros.conversions import JointNames, array_to_image, joints_to_message, transform_to_matrix
+
+REPO = Path(__file__).resolve().parents[2]
+H = W = 48
+DET = Detector(H, W, spacing_mm=(8.0, 8.0), sdd_mm=1020.0, sid_mm=750.0)
+I0 = 4000.0
+NODE_PARAMS = {
+    "ct_path": "phantom:head_small",
+    "device": "cpu",
+    "detector.height": H,
+    "detector.width": W,
+    "detector.pixel_spacing_mm": "[8.0, 8.0]",
+    "detector.sdd_mm": 1020.0,
+    "detector.sid_mm": 750.0,
+    "image.i0": I0,
+    "registration.pyramid": "[4, 2, 1]",
+    "registration.tracking_pyramid": "[2, 1]",
+    "registration.init_search_first_frame": "false",
+    "registration.min_similarity": 0.95,
+    "joints.max_age_s": 0.2,
+    "overlay.mode": "edges",
+    "diagnostics_period_s": 0.5,
+}
+
+
+class Client:
+    """This test's side of the graph: publishes frames and joints, records what comes back."""
+
+    def __init__(self) -> None:
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node("diffdrr_test_client", context=self.ctx)
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.image_pub = self.node.create_publisher(Image, "fluoro/image", reliable)
+        self.joint_pub = self.node.create_publisher(JointState, "carm/joint_states", 50)
+        self.tf: list[TFMessage] = []
+        self.static: list[TFMessage] = []
+        self.overlays: list[Image] = []
+        self.diags: list[DiagnosticArray] = []
+        self.node.create_subscription(TFMessage, "/tf", self.tf.append, 100)
+        self.node.create_subscription(
+            TFMessage, "/tf_static", self.static.append,
+            QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        self.node.create_subscription(Image, "diffdrr_registration/overlay", self.overlays.append, 5)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diags.append, 50)
+        self.reregister = self.node.create_client(Trigger, "diffdrr_registration/reregister")
+        self.reset = self.node.create_client(Trigger, "diffdrr_registration/reset")
+
+    def spin_until(self, predicate, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.executor.spin_once(timeout_sec=0.05)
+            if predicate():
+                return True
+        return False
+
+    def tf_for(self, stamp_sec: int, child: str = "ct"):
+        for msg in self.tf:
+            for t in msg.transforms:
+                if t.header.stamp.sec == stamp_sec and t.child_frame_id == child:
+                    return t
+        return None
+
+    def diag_saying(self, text: str, after: int):
+        for d in self.diags[after:]:
+            for s in d.status:
+                if text in s.message:
+                    return s
+        return None
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.ctx)
+
+
+class Scene:
+    """Ground truth: the phantom placed on the table, and X-ray frames of it."""
+
+    def __init__(self) -> None:
+        self.volume = make_phantom("head_small")
+        self.mu = self.volume.to_attenuation()
+        # The patient lies 5 mm / 3 degrees away from the node's prior (CT centre at the isocentre).
+        prior = make_transform(torch.eye(3, dtype=torch.float64), -self.volume.center)
+        offset = make_transform(rot_z(torch.tensor(math.radians(3.0), dtype=torch.float64)),
+                                torch.tensor([4.0, -3.0, 2.0], dtype=torch.float64))
+        self.table_from_ct = offset @ prior
+        self.targets = target_points(self.volume.center, self.volume.extent_mm)
+
+    def frame(self, joints: CArmJoints, seed: int = 0) -> np.ndarray:
+        pose = initial_pose(joints, self.table_from_ct)
+        line = render(self.mu, pose, DET)
+        counts = torch.poisson(to_intensity(line) * I0, generator=torch.Generator().manual_seed(seed))
+        return counts.clamp(0, 65535).numpy().astype(np.uint16)
+
+    def mtre(self, tf_msg, joints: CArmJoints) -> float:
+        est_iso_ct = transform_to_matrix(tf_msg.transform)
+        truth_iso_ct = make_transform(torch.eye(3, dtype=torch.float64),
+                                      torch.tensor(joints.table_mm, dtype=torch.float64)) @ self.table_from_ct
+        return float(mean_target_registration_error(est_iso_ct, truth_iso_ct, self.targets))
+
+
+def _stamp(t: float):
+    from builtin_interfaces.msg import Time
+
+    sec = math.floor(t)
+    return Time(sec=int(sec), nanosec=round((t - sec) * 1e9))
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    args = [sys.executable, "-m", "diffdrr_ros.ros.registration_node", "--ros-args",
+            "--params-file", str(REPO / "config" / "registration.yaml")]
+    for k, v in NODE_PARAMS.items():
+        args += ["-p", f"{k}:={v}"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log = tmp_path_factory.mktemp("node") / "node.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    client = Client()
+    scene = Scene()
+    ok = client.spin_until(lambda: bool(client.static) or proc.poll() is not None, 60.0)
+    if not ok or proc.poll() is not None:
+        proc.kill()
+        pytest.fail(f"node did not come up:\n{log.read_text()}")
+    yield client, scene, proc, log
+    proc.send_signal(signal.SIGINT)
+    try:
+        rc = proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = "killed"
+    client.close()
+    assert rc == 0, f"node exit code {rc}:\n{log.read_text()}"
+
+
+JOINTS = CArmJoints(lao_rad=math.radians(20), cranial_rad=math.radians(5))
+
+
+def send(client: Client, frame_msg: Image | None, joints: CArmJoints | None, sec: int, joint_dt: float = 0.0) -> None:
+    """Publish joints stamped ``sec + joint_dt`` (then let them arrive) and a frame stamped ``sec``."""
+    if joints is not None:
+        client.joint_pub.publish(joints_to_message(joints, JointNames(), _stamp(sec + joint_dt)))
+        client.spin_until(lambda: False, 0.2)
+    if frame_msg is not None:
+        frame_msg.header.stamp = _stamp(sec)
+        frame_msg.header.frame_id = "carm_detector_optical"
+        client.image_pub.publish(frame_msg)
+
+
+def _register_good(client: Client, scene: Scene, sec: int, joints: CArmJoints = JOINTS, timeout: float = 60.0):
+    send(client, array_to_image(scene.frame(joints, seed=sec), "mono16"), joints, sec)
+    assert client.spin_until(lambda: client.tf_for(sec) is not None, timeout), "no TF for a good frame"
+    return client.tf_for(sec)
+
+
+def test_good_frame_registers_within_2mm(system):
+    client, scene, _proc, log = system
+    n_overlays = len(client.overlays)
+    tf = _register_good(client, scene, sec=100)
+    assert tf.header.frame_id == "carm_isocenter"
+    assert scene.mtre(tf, JOINTS) < 2.0, log.read_text()[-2000:]
+    assert client.tf_for(100, child="carm_source_optical") is not None
+    assert client.spin_until(lambda: len(client.overlays) > n_overlays, 10.0)
+    ov = client.overlays[-1]
+    assert (ov.height, ov.width, ov.encoding) == (H, W, "rgb8")
+    assert client.spin_until(lambda: client.diag_saying("registered", 0) is not None, 5.0)
+    assert client.diag_saying("registered", 0).level == DiagnosticStatus.OK
+    assert client.static and client.static[0].transforms[0].child_frame_id == "carm_isocenter"
+
+
+def test_tracking_frame_after_c_arm_motion(system):
+    client, scene, _proc, _log = system
+    moved = CArmJoints(lao_rad=math.radians(26), cranial_rad=math.radians(2), table_mm=(0.0, 0.0, 15.0))
+    tf = _register_good(client, scene, sec=110, joints=moved)
+    assert scene.mtre(tf, moved) < 2.0
+
+
+def _bad_frames(scene: Scene):
+    good = scene.frame(JOINTS)
+    nan = good.astype(np.float32)
+    nan[5:9, 5:9] = np.nan
+    yield "wrong encoding", Image(height=H, width=W, encoding="yuv422", step=W * 2, data=bytes(H * W * 2)), JOINTS, \
+        "unsupported encoding"
+    yield "wrong size", array_to_image(good[:40, :40].copy(), "mono16"), JOINTS, "wrong image size"
+    yield "NaN", array_to_image(nan, "32FC1"), JOINTS, "NaN"
+    yield "constant", array_to_image(np.full((H, W), 1000, np.uint16), "mono16"), JOINTS, "constant"
+    yield "empty", Image(height=0, width=0, encoding="mono16", step=0, data=b""), JOINTS, "empty"
+    yield "truncated", Image(height=H, width=W, encoding="mono16", step=W * 2, data=bytes(100)), JOINTS, "buffer"
+
+
+@pytest.mark.parametrize("case", ["wrong encoding", "wrong size", "NaN", "constant", "empty", "truncated"])
+def test_bad_frame_is_rejected_and_node_recovers(system, case):
+    client, scene, proc, log = system
+    _name, msg, joints, expect = next(c for c in _bad_frames(scene) if c[0] == case)
+    sec = 200 + ["wrong encoding", "wrong size", "NaN", "constant", "empty", "truncated"].index(case) * 10
+    before = len(client.diags)
+    send(client, msg, joints, sec)
+    assert client.spin_until(lambda: client.diag_saying(expect, before) is not None, 20.0), \
+        f"no diagnostic naming {expect!r}:\n{log.read_text()[-1500:]}"
+    assert client.diag_saying(expect, before).level in (DiagnosticStatus.WARN, DiagnosticStatus.ERROR)
+    assert client.tf_for(sec) is None
+    assert proc.poll() is None
+    tf = _register_good(client, scene, sec + 1)
+    assert scene.mtre(tf, JOINTS) < 2.0
+
+
+def test_stale_and_missing_joints_and_out_of_order(system):
+    client, scene, proc, _log = system
+    frame = array_to_image(scene.frame(JOINTS), "mono16")
+    before = len(client.diags)
+    send(client, frame, JOINTS, 300, joint_dt=-5.0)  # the nearest joint state is 5 s older than the frame
+    assert client.spin_until(lambda: client.diag_saying("stale joint state", before) is not None, 20.0)
+    assert client.tf_for(300) is None
+    before = len(client.diags)
+    send(client, array_to_image(scene.frame(JOINTS), "mono16"), None, 250)  # older than the last frame
+    assert client.spin_until(lambda: client.diag_saying("out-of-order", before) is not None, 20.0)
+    assert client.tf_for(250) is None
+    bad_joints = JointState(name=["table_x"], position=[0.0])
+    bad_joints.header.stamp = _stamp(310)
+    before = len(client.diags)
+    client.joint_pub.publish(bad_joints)
+    assert client.spin_until(lambda: client.diag_saying("bad joint state", before) is not None, 20.0)
+    assert proc.poll() is None
+    tf = _register_good(client, scene, 320)
+    assert scene.mtre(tf, JOINTS) < 2.0
+
+
+def test_quality_gate_blocks_tf_for_a_frame_of_something_else(system):
+    client, scene, _proc, _log = system
+    rng = np.random.default_rng(0)
+    noise = rng.integers(500, 4000, size=(H, W)).astype(np.uint16)  # structure, but not this CT
+    before = len(client.diags)
+    send(client, array_to_image(noise, "mono16"), JOINTS, 400)
+    assert client.spin_until(lambda: client.diag_saying("quality gate", before) is not None, 60.0)
+    assert client.tf_for(400) is None
+    tf = _register_good(client, scene, 410)
+    assert scene.mtre(tf, JOINTS) < 2.0
+
+
+def test_services_and_runtime_parameters(system):
+    client, scene, _proc, _log = system
+    for cli in (client.reset, client.reregister):
+        assert cli.wait_for_service(timeout_sec=10.0)
+        fut = cli.call_async(Trigger.Request())
+        assert client.spin_until(fut.done, 10.0) and fut.result().success
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    setp = client.node.create_client(SetParameters, "diffdrr_registration/set_parameters")
+    assert setp.wait_for_service(timeout_sec=10.0)
+
+    def set_param(name, value):
+        if isinstance(value, str):
+            pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+        else:
+            pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
+        fut = setp.call_async(SetParameters.Request(parameters=[Parameter(name=name, value=pv)]))
+        assert client.spin_until(fut.done, 10.0)
+        return fut.result().results[0]
+
+    assert set_param("registration.optimizer", "sgd-magic").successful is False
+    assert set_param("ct_path", "/elsewhere").successful is False  # read-only: needs a restart
+    assert set_param("registration.min_similarity", 0.9).successful is True
+    tf = _register_good(client, scene, 500)  # after reregister: full registration from the joints
+    assert scene.mtre(tf, JOINTS) < 2.0
+
+
+def test_unreadable_ct_is_a_clear_fatal_error(tmp_path):
+    bad = tmp_path / "nothing_here.nii.gz"
+    out = subprocess.run(
+        [sys.executable, "-m", "diffdrr_ros.ros.registration_node", "--ros-args", "-p", f"ct_path:={bad}"],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env=dict(os.environ),
+    )
+    assert out.returncode == 1
+    assert "cannot load CT" in out.stderr and "Traceback" not in out.stderr + out.stdout
