@@ -287,7 +287,43 @@ class RegistrationNode(Node):
             stamp, joints = min(self._joint_buffer, key=lambda sj: abs(sj[0] - t))
         return joints, abs(stamp - t)
 
+    def _detector_from_camera_info(self, info: CameraInfo) -> Detector:
+        """Size, principal point and SDD from a calibrated CameraInfo (pixel pitch from parameters).
+
+        ``K = [f/dx 0 cx; 0 f/dy cy; 0 0 1]`` with ``f`` the SDD (source = pinhole centre).
+        """
+        k = list(info.k)
+        if k[0] <= 0 or k[4] <= 0:
+            raise ValueError("CameraInfo is uncalibrated (K[0] == 0)")
+        dy, dx = (float(v) for v in self._p("detector.pixel_spacing_mm"))
+        h, w = int(info.height), int(info.width)
+        x0 = ((w - 1) / 2 - k[2]) * dx
+        y0 = ((h - 1) / 2 - k[5]) * dy
+        sid = self._p("detector.sid_mm")
+        return Detector(h, w, spacing_mm=(dy, dx), sdd_mm=k[0] * dx, sid_mm=sid if sid > 0 else None,
+                        principal_point_mm=(x0, y0))
+
+    def _update_intrinsics(self) -> None:
+        """Follow the latest CameraInfo (when enabled); rebuild the CT pyramids on a change."""
+        with self._lock:
+            info = self._camera_info
+        if info is None:
+            return
+        try:
+            det = self._detector_from_camera_info(info)
+        except ValueError as exc:
+            self._reject(f"camera info ignored: {exc}", count=False)
+            with self._lock:
+                self._camera_info = None
+            return
+        if det != self.detector:
+            self.get_logger().info(f"detector from CameraInfo: {det}")
+            self.detector = det
+            self.registrar = Registrar(self.registrar.volume, det, self.registrar.config, device=self.registrar.device)
+            self._levels = {tuple(self.registrar.config.pyramid): self.registrar.levels}
+
     def _process(self, msg: Image, t_in: float) -> None:
+        self._update_intrinsics()
         stamp = stamp_to_seconds(msg.header.stamp)
         if stamp <= self._last_stamp:
             self._reject(f"out-of-order frame (stamp {stamp:.3f} s <= last {self._last_stamp:.3f} s)")

@@ -311,3 +311,24 @@ def test_unreadable_ct_is_a_clear_fatal_error(tmp_path):
     )
     assert out.returncode == 1
     assert "cannot load CT" in out.stderr and "Traceback" not in out.stderr + out.stdout
+
+
+def test_detector_from_camera_info_matches_the_intrinsic_matrix():
+    """The node's CameraInfo reading inverts Detector.intrinsic_matrix (no process needed)."""
+    from sensor_msgs.msg import CameraInfo
+
+    from diffdrr_ros.ros.registration_node import RegistrationNode
+
+    det = Detector(40, 30, spacing_mm=(2.0, 2.0), sdd_mm=1100.0, sid_mm=750.0, principal_point_mm=(3.0, -4.0))
+    info = CameraInfo(height=40, width=30, k=det.intrinsic_matrix().flatten().tolist())
+
+    class Params:  # the two parameters the conversion reads
+        def _p(self, name):
+            return {"detector.pixel_spacing_mm": [2.0, 2.0], "detector.sid_mm": 750.0}[name]
+
+    back = RegistrationNode._detector_from_camera_info(Params(), info)
+    assert back.shape == det.shape
+    assert back.sdd_mm == pytest.approx(1100.0)
+    assert back.principal_point_mm == pytest.approx((3.0, -4.0))
+    with pytest.raises(ValueError, match="uncalibrated"):
+        RegistrationNode._detector_from_camera_info(Params(), CameraInfo(height=40, width=30))
