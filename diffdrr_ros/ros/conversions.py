@@ -81,7 +81,7 @@ def image_to_array(msg: Image) -> np.ndarray:
     rows = np.lib.stride_tricks.as_strided(raw, shape=(h, row_bytes), strides=(step, 1))
     big = bool(msg.is_bigendian)
     arr = np.ascontiguousarray(rows).view(dtype.newbyteorder(">" if big else "<")).reshape(h, w, channels)
-    arr = arr.astype(dtype.newbyteorder("="), copy=False)
+    arr = arr.astype(dtype.newbyteorder("="))  # a native-endian, writable copy
     if channels == 1:
         return arr[..., 0]
     return cv2.cvtColor(arr, _TO_GREY[enc])
@@ -147,6 +147,12 @@ def stamped_transform(tf_mm, parent: str, child: str, stamp: Time) -> TransformS
 
 def stamp_to_seconds(stamp: Time) -> float:
     return float(stamp.sec) + 1e-9 * float(stamp.nanosec)
+
+
+def seconds_to_stamp(t: float) -> Time:
+    """Seconds (float) -> builtin_interfaces/Time, nanoseconds rounded."""
+    ns = round(t * 1e9)
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
 @dataclass(frozen=True)

@@ -339,11 +339,18 @@ class RegistrationNode(Node):
             return
         try:
             i0 = self._p("image.i0")
-            fixed = prepare_fixed(frame, log_transform=self._p("image.log_transform"), i0=i0 if i0 > 0 else None,
-                                  invert=self._p("image.invert"))
+            log = self._p("image.log_transform")
+            fixed = prepare_fixed(frame, log_transform=log, i0=i0 if i0 > 0 else None, invert=self._p("image.invert"))
         except FixedImageError as exc:
             self._reject(f"bad image: {exc}")
             return
+        mask = None
+        dark = self._p("image.mask_dark_fraction")
+        if log and dark > 0:  # unexposed pixels (collimator) carry no line integral
+            mask = frame > dark * (i0 if i0 > 0 else float(frame.max()))
+            if mask.mean() < 0.1:
+                self._reject(f"bad image: only {100 * mask.mean():.1f} % of the frame is exposed")
+                return
         nearest = self._nearest_joints(stamp)
         if nearest is None:
             self._reject("no joint state received yet: cannot place the C-arm")
@@ -364,7 +371,7 @@ class RegistrationNode(Node):
             config = self._config(wide=True)
             mode = "full"
         self._last_stamp = stamp
-        result = self._register(fixed, init, config)
+        result = self._register(fixed, init, config, mask)
         latency = time.perf_counter() - t_in
         with self._lock:
             self.stats.frames_registered += 1
@@ -390,20 +397,20 @@ class RegistrationNode(Node):
         self.get_logger().info(f"{mode} registration: ZNCC {result.zncc:.4f}, {result.iterations} it, "
                                f"{latency * 1000:.0f} ms frame-to-TF")
 
-    def _register(self, fixed, init, config: RegistrationConfig) -> RegistrationResult:
+    def _register(self, fixed, init, config: RegistrationConfig, mask) -> RegistrationResult:
         self.registrar.config = config
         key = tuple(config.pyramid)
         if key not in self._levels:  # CT pyramids are built once per pyramid and kept
             self._levels[key] = self.registrar._build_levels(key)
         self.registrar.levels = self._levels[key]
         try:
-            return self.registrar.register(fixed, init)
+            return self.registrar.register(fixed, init, mask=mask)
         except torch.OutOfMemoryError:
             self.get_logger().error("CUDA out of memory: falling back to the CPU for the rest of the run")
             torch.cuda.empty_cache()
             self.registrar = Registrar(self.registrar.volume, self.detector, config, device="cpu")
             self._levels = {key: self.registrar.levels}
-            return self.registrar.register(fixed, init)
+            return self.registrar.register(fixed, init, mask=mask)
 
     # ------------------------------------------------------------------ outputs
 

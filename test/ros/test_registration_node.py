@@ -33,7 +33,13 @@ from diffdrr_ros.core.metrics import mean_target_registration_error, target_poin
 from diffdrr_ros.core.phantoms import make_phantom
 from diffdrr_ros.core.render import render, to_intensity
 from diffdrr_ros.core.rotations import make_transform, rot_z
-from diffdrr_ros.ros.conversions import JointNames, array_to_image, joints_to_message, transform_to_matrix
+from diffdrr_ros.ros.conversions import (
+    JointNames,
+    array_to_image,
+    joints_to_message,
+    seconds_to_stamp,
+    transform_to_matrix,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 H = W = 48
@@ -137,13 +143,6 @@ class Scene:
         return float(mean_target_registration_error(est_iso_ct, truth_iso_ct, self.targets))
 
 
-def _stamp(t: float):
-    from builtin_interfaces.msg import Time
-
-    sec = math.floor(t)
-    return Time(sec=int(sec), nanosec=round((t - sec) * 1e9))
-
-
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
     args = [sys.executable, "-m", "diffdrr_ros.ros.registration_node", "--ros-args",
@@ -177,10 +176,10 @@ JOINTS = CArmJoints(lao_rad=math.radians(20), cranial_rad=math.radians(5))
 def send(client: Client, frame_msg: Image | None, joints: CArmJoints | None, sec: int, joint_dt: float = 0.0) -> None:
     """Publish joints stamped ``sec + joint_dt`` (then let them arrive) and a frame stamped ``sec``."""
     if joints is not None:
-        client.joint_pub.publish(joints_to_message(joints, JointNames(), _stamp(sec + joint_dt)))
+        client.joint_pub.publish(joints_to_message(joints, JointNames(), seconds_to_stamp(sec + joint_dt)))
         client.spin_until(lambda: False, 0.2)
     if frame_msg is not None:
-        frame_msg.header.stamp = _stamp(sec)
+        frame_msg.header.stamp = seconds_to_stamp(sec)
         frame_msg.header.frame_id = "carm_detector_optical"
         client.image_pub.publish(frame_msg)
 
@@ -254,7 +253,7 @@ def test_stale_and_missing_joints_and_out_of_order(system):
     assert client.spin_until(lambda: client.diag_saying("out-of-order", before) is not None, 20.0)
     assert client.tf_for(250) is None
     bad_joints = JointState(name=["table_x"], position=[0.0])
-    bad_joints.header.stamp = _stamp(310)
+    bad_joints.header.stamp = seconds_to_stamp(310)
     before = len(client.diags)
     client.joint_pub.publish(bad_joints)
     assert client.spin_until(lambda: client.diag_saying("bad joint state", before) is not None, 20.0)

@@ -1,0 +1,186 @@
+"""A simulated C-arm: fluoroscopy frames and joint states of a CT along a trajectory.
+
+Publishes (system-default QoS, as a sensor driver does):
+
+* ``fluoro/image`` (sensor_msgs/Image, mono16, 12- or 16-bit X-ray-like frames),
+* ``carm/joint_states`` (sensor_msgs/JointState, rad and m, noisy, with a latency),
+* ``carm_sim/ground_truth`` (geometry_msgs/PoseStamped: the true pose of the CT frame in
+  ``carm_isocenter``, metres) and the same on ``/tf`` as ``carm_isocenter -> ct_ground_truth``.
+
+The frames are rendered by the same core the registration uses. The same generator writes
+bags offline (:func:`simulate_messages`), so tests and the demo can replay identical data.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import rclpy
+import torch
+from geometry_msgs.msg import PoseStamped
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from tf2_msgs.msg import TFMessage
+
+from ..core.geometry import Detector
+from ..core.kinematics import initial_pose
+from ..core.render import render
+from ..core.volume import Volume
+from ..core.xray_sim import JointSensor, Trajectory, XRayStyle, simulate_xray
+from .conversions import (
+    JointNames,
+    array_to_image,
+    joints_to_message,
+    matrix_to_pose,
+    seconds_to_stamp,
+    stamped_transform,
+)
+
+IMAGE_TOPIC = "fluoro/image"
+JOINT_TOPIC = "carm/joint_states"
+TRUTH_TOPIC = "carm_sim/ground_truth"
+
+
+@dataclass
+class Simulator:
+    """Everything the simulated C-arm needs; ``frame(t)`` and ``joints(t)`` give messages."""
+
+    volume: Volume
+    detector: Detector
+    trajectory: Trajectory = field(default_factory=Trajectory)
+    style: XRayStyle = field(default_factory=XRayStyle)
+    sensor: JointSensor = field(default_factory=JointSensor)
+    carm_frame: str = "carm_isocenter"
+    image_frame: str = "carm_detector_optical"
+    names: JointNames = field(default_factory=JointNames)
+    seed: int = 0
+    t_start: float = 0.0  # clock time (s) at which the trajectory starts
+
+    def __post_init__(self) -> None:
+        self.mu = self.volume.to_attenuation() if self.volume.kind == "hu" else self.volume
+        self._noise = torch.Generator().manual_seed(self.seed)
+        self._rng = np.random.default_rng(self.seed)
+
+    def truth(self, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(T_iso_ct, T_cam_ct)`` at clock time ``t`` (s; mm)."""
+        joints = self.trajectory.joints(t - self.t_start)
+        table_from_ct = self.trajectory.table_from_ct(t - self.t_start, self.volume.center)
+        t_cam_ct = initial_pose(joints, table_from_ct)
+        iso_table = torch.eye(4, dtype=torch.float64)
+        iso_table[:3, 3] = torch.tensor(joints.table_mm, dtype=torch.float64)
+        return iso_table @ table_from_ct, t_cam_ct
+
+    def frame(self, t: float) -> tuple[Image, PoseStamped, TFMessage]:
+        iso_ct, cam_ct = self.truth(t)
+        with torch.no_grad():
+            line = render(self.mu, cam_ct, self.detector)
+        img = simulate_xray(line, self.style, self._noise)
+        stamp = seconds_to_stamp(t)
+        image = array_to_image(img, "mono16", stamp, self.image_frame)
+        truth = PoseStamped()
+        truth.header.stamp = stamp
+        truth.header.frame_id = self.carm_frame
+        truth.pose = matrix_to_pose(iso_ct)
+        tf = TFMessage(transforms=[stamped_transform(iso_ct, self.carm_frame, "ct_ground_truth", stamp)])
+        return image, truth, tf
+
+    def joints(self, t: float) -> JointState:
+        reading = self.sensor.read(self.trajectory, t - self.t_start, self._rng)
+        return joints_to_message(reading, self.names, seconds_to_stamp(t))
+
+
+def simulate_messages(
+    sim: Simulator, n_frames: int, frame_rate_hz: float = 2.0, joint_rate_hz: float = 20.0, t0: float = 1000.0
+) -> Iterator[tuple[str, str, int, object]]:
+    """Offline stream ``(topic, msgtype, log_time_ns, message)`` in time order, for bags.
+
+    Clock times start at ``t0`` (s); the trajectory starts there too.
+    """
+    sim.t_start = t0
+    duration = n_frames / frame_rate_hz
+    events: list[tuple[float, int, str]] = []
+    events += [(t0 + k / joint_rate_hz, 0, "joints") for k in range(int(duration * joint_rate_hz) + 1)]
+    events += [(t0 + (k + 0.5) / frame_rate_hz, 1, "frame") for k in range(n_frames)]
+    for t, _, kind in sorted(events):
+        ns = round(t * 1e9)
+        if kind == "joints":
+            yield JOINT_TOPIC, "sensor_msgs/msg/JointState", ns, sim.joints(t)
+        else:
+            image, truth, tf = sim.frame(t)
+            yield TRUTH_TOPIC, "geometry_msgs/msg/PoseStamped", ns, truth
+            yield "/tf", "tf2_msgs/msg/TFMessage", ns, tf
+            yield IMAGE_TOPIC, "sensor_msgs/msg/Image", ns, image
+
+
+class CArmSimulatorNode(Node):
+    """Publishes the simulator's messages live at the configured rates."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("carm_simulator", **kwargs)
+        p = {
+            "ct_path": "phantom:head", "detector.height": 128, "detector.width": 128,
+            "detector.pixel_spacing_mm": [3.125, 3.125], "detector.sdd_mm": 1020.0, "detector.sid_mm": 750.0,
+            "frame_rate_hz": 2.0, "joint_rate_hz": 20.0, "trajectory": "sweep", "seed": 0,
+            "xray.i0": 3000.0, "xray.bits": 12, "xray.invert": False, "xray.collimator_radius": 0.47,
+            "joints.latency_s": 0.03, "joints.angle_noise_deg": 0.2,
+        }
+        for name, default in p.items():
+            self.declare_parameter(name, default)
+        g = lambda n: self.get_parameter(n).value  # noqa: E731
+        from .registration_node import load_ct
+
+        volume = load_ct(g("ct_path"), [1.0, 1.0, 1.0], 1)
+        det = Detector(g("detector.height"), g("detector.width"), spacing_mm=tuple(g("detector.pixel_spacing_mm")),
+                       sdd_mm=g("detector.sdd_mm"), sid_mm=g("detector.sid_mm") or None)
+        self.sim = Simulator(
+            volume, det, Trajectory(kind=g("trajectory"), seed=g("seed")),
+            XRayStyle(i0=g("xray.i0"), bits=g("xray.bits"), invert=g("xray.invert"),
+                      collimator_radius=g("xray.collimator_radius")),
+            JointSensor(angle_noise_deg=g("joints.angle_noise_deg"), latency_s=g("joints.latency_s")),
+            seed=g("seed"), t_start=self.get_clock().now().nanoseconds * 1e-9,
+        )
+        self.image_pub = self.create_publisher(Image, IMAGE_TOPIC, 10)
+        self.joint_pub = self.create_publisher(JointState, JOINT_TOPIC, 50)
+        self.truth_pub = self.create_publisher(PoseStamped, TRUTH_TOPIC, 10)
+        self.tf_pub = self.create_publisher(TFMessage, "/tf", 100)
+        self.create_timer(1.0 / g("frame_rate_hz"), self._on_frame)
+        self.create_timer(1.0 / g("joint_rate_hz"), self._on_joints)
+        self.get_logger().info(f"simulating {g('ct_path')} at {g('frame_rate_hz')} Hz, {det.height}x{det.width}")
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_joints(self) -> None:
+        self.joint_pub.publish(self.sim.joints(self._now()))
+
+    def _on_frame(self) -> None:
+        image, truth, tf = self.sim.frame(self._now())
+        self.truth_pub.publish(truth)
+        self.tf_pub.publish(tf)
+        self.image_pub.publish(image)
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = CArmSimulatorNode()
+    except Exception as exc:  # a clear fatal line, not a traceback
+        print(f"[FATAL] [carm_simulator]: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
