@@ -11,21 +11,15 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 import torch
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from diagnostic_msgs.msg import DiagnosticStatus
 from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import Trigger
-from tf2_msgs.msg import TFMessage
 
 from diffdrr_ros.core.geometry import Detector
 from diffdrr_ros.core.kinematics import CArmJoints, initial_pose
@@ -40,8 +34,8 @@ from diffdrr_ros.ros.conversions import (
     seconds_to_stamp,
     transform_to_matrix,
 )
+from diffdrr_ros.ros.harness import REPO, GraphClient, NodeProcess
 
-REPO = Path(__file__).resolve().parents[2]
 H = W = 48
 DET = Detector(H, W, spacing_mm=(8.0, 8.0), sdd_mm=1020.0, sid_mm=750.0)
 I0 = 4000.0
@@ -50,71 +44,18 @@ NODE_PARAMS = {
     "device": "cpu",
     "detector.height": H,
     "detector.width": W,
-    "detector.pixel_spacing_mm": "[8.0, 8.0]",
+    "detector.pixel_spacing_mm": [8.0, 8.0],
     "detector.sdd_mm": 1020.0,
     "detector.sid_mm": 750.0,
     "image.i0": I0,
-    "registration.pyramid": "[4, 2, 1]",
-    "registration.tracking_pyramid": "[2, 1]",
-    "registration.init_search_first_frame": "false",
+    "registration.pyramid": [4, 2, 1],
+    "registration.tracking_pyramid": [2, 1],
+    "registration.init_search_first_frame": False,
     "registration.min_similarity": 0.95,
     "joints.max_age_s": 0.2,
     "overlay.mode": "edges",
     "diagnostics_period_s": 0.5,
 }
-
-
-class Client:
-    """This test's side of the graph: publishes frames and joints, records what comes back."""
-
-    def __init__(self) -> None:
-        self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx)
-        self.node = rclpy.create_node("diffdrr_test_client", context=self.ctx)
-        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.image_pub = self.node.create_publisher(Image, "fluoro/image", reliable)
-        self.joint_pub = self.node.create_publisher(JointState, "carm/joint_states", 50)
-        self.tf: list[TFMessage] = []
-        self.static: list[TFMessage] = []
-        self.overlays: list[Image] = []
-        self.diags: list[DiagnosticArray] = []
-        self.node.create_subscription(TFMessage, "/tf", self.tf.append, 100)
-        self.node.create_subscription(
-            TFMessage, "/tf_static", self.static.append,
-            QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        self.node.create_subscription(Image, "diffdrr_registration/overlay", self.overlays.append, 5)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diags.append, 50)
-        self.reregister = self.node.create_client(Trigger, "diffdrr_registration/reregister")
-        self.reset = self.node.create_client(Trigger, "diffdrr_registration/reset")
-
-    def spin_until(self, predicate, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.05)
-            if predicate():
-                return True
-        return False
-
-    def tf_for(self, stamp_sec: int, child: str = "ct"):
-        for msg in self.tf:
-            for t in msg.transforms:
-                if t.header.stamp.sec == stamp_sec and t.child_frame_id == child:
-                    return t
-        return None
-
-    def diag_saying(self, text: str, after: int):
-        for d in self.diags[after:]:
-            for s in d.status:
-                if text in s.message:
-                    return s
-        return None
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.ctx)
 
 
 class Scene:
@@ -145,35 +86,24 @@ class Scene:
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
-    args = [sys.executable, "-m", "diffdrr_ros.ros.registration_node", "--ros-args",
-            "--params-file", str(REPO / "config" / "registration.yaml")]
-    for k, v in NODE_PARAMS.items():
-        args += ["-p", f"{k}:={v}"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    log = tmp_path_factory.mktemp("node") / "node.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    client = Client()
+    node = NodeProcess(NODE_PARAMS, tmp_path_factory.mktemp("node") / "node.log")
+    client = GraphClient()
     scene = Scene()
-    ok = client.spin_until(lambda: bool(client.static) or proc.poll() is not None, 60.0)
-    if not ok or proc.poll() is not None:
-        proc.kill()
-        pytest.fail(f"node did not come up:\n{log.read_text()}")
-    yield client, scene, proc, log
-    proc.send_signal(signal.SIGINT)
-    try:
-        rc = proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = "killed"
+    if not client.wait_for_node(node):
+        node.stop()
+        client.close()
+        pytest.fail(f"node did not come up:\n{node.log()}")
+    yield client, scene, node
+    rc = node.stop()
     client.close()
-    assert rc == 0, f"node exit code {rc}:\n{log.read_text()}"
+    assert rc == 0, f"node exit code {rc}:\n{node.log()}"
 
 
 JOINTS = CArmJoints(lao_rad=math.radians(20), cranial_rad=math.radians(5))
 
 
-def send(client: Client, frame_msg: Image | None, joints: CArmJoints | None, sec: int, joint_dt: float = 0.0) -> None:
+def send(client: GraphClient, frame_msg: Image | None, joints: CArmJoints | None, sec: int,
+         joint_dt: float = 0.0) -> None:
     """Publish joints stamped ``sec + joint_dt`` (then let them arrive) and a frame stamped ``sec``."""
     if joints is not None:
         client.joint_pub.publish(joints_to_message(joints, JointNames(), seconds_to_stamp(sec + joint_dt)))
@@ -184,18 +114,18 @@ def send(client: Client, frame_msg: Image | None, joints: CArmJoints | None, sec
         client.image_pub.publish(frame_msg)
 
 
-def _register_good(client: Client, scene: Scene, sec: int, joints: CArmJoints = JOINTS, timeout: float = 60.0):
+def _register_good(client: GraphClient, scene: Scene, sec: int, joints: CArmJoints = JOINTS, timeout: float = 60.0):
     send(client, array_to_image(scene.frame(joints, seed=sec), "mono16"), joints, sec)
     assert client.spin_until(lambda: client.tf_for(sec) is not None, timeout), "no TF for a good frame"
     return client.tf_for(sec)
 
 
 def test_good_frame_registers_within_2mm(system):
-    client, scene, _proc, log = system
+    client, scene, node = system
     n_overlays = len(client.overlays)
     tf = _register_good(client, scene, sec=100)
     assert tf.header.frame_id == "carm_isocenter"
-    assert scene.mtre(tf, JOINTS) < 2.0, log.read_text()[-2000:]
+    assert scene.mtre(tf, JOINTS) < 2.0, node.log()
     assert client.tf_for(100, child="carm_source_optical") is not None
     assert client.spin_until(lambda: len(client.overlays) > n_overlays, 10.0)
     ov = client.overlays[-1]
@@ -206,7 +136,7 @@ def test_good_frame_registers_within_2mm(system):
 
 
 def test_tracking_frame_after_c_arm_motion(system):
-    client, scene, _proc, _log = system
+    client, scene, _node = system
     moved = CArmJoints(lao_rad=math.radians(26), cranial_rad=math.radians(2), table_mm=(0.0, 0.0, 15.0))
     tf = _register_good(client, scene, sec=110, joints=moved)
     assert scene.mtre(tf, moved) < 2.0
@@ -227,22 +157,22 @@ def _bad_frames(scene: Scene):
 
 @pytest.mark.parametrize("case", ["wrong encoding", "wrong size", "NaN", "constant", "empty", "truncated"])
 def test_bad_frame_is_rejected_and_node_recovers(system, case):
-    client, scene, proc, log = system
+    client, scene, node = system
     _name, msg, joints, expect = next(c for c in _bad_frames(scene) if c[0] == case)
     sec = 200 + ["wrong encoding", "wrong size", "NaN", "constant", "empty", "truncated"].index(case) * 10
     before = len(client.diags)
     send(client, msg, joints, sec)
     assert client.spin_until(lambda: client.diag_saying(expect, before) is not None, 20.0), \
-        f"no diagnostic naming {expect!r}:\n{log.read_text()[-1500:]}"
+        f"no diagnostic naming {expect!r}:\n{node.log()}"
     assert client.diag_saying(expect, before).level in (DiagnosticStatus.WARN, DiagnosticStatus.ERROR)
     assert client.tf_for(sec) is None
-    assert proc.poll() is None
+    assert node.alive()
     tf = _register_good(client, scene, sec + 1)
     assert scene.mtre(tf, JOINTS) < 2.0
 
 
 def test_stale_and_missing_joints_and_out_of_order(system):
-    client, scene, proc, _log = system
+    client, scene, node = system
     frame = array_to_image(scene.frame(JOINTS), "mono16")
     before = len(client.diags)
     send(client, frame, JOINTS, 300, joint_dt=-5.0)  # the nearest joint state is 5 s older than the frame
@@ -257,13 +187,13 @@ def test_stale_and_missing_joints_and_out_of_order(system):
     before = len(client.diags)
     client.joint_pub.publish(bad_joints)
     assert client.spin_until(lambda: client.diag_saying("bad joint state", before) is not None, 20.0)
-    assert proc.poll() is None
+    assert node.alive()
     tf = _register_good(client, scene, 320)
     assert scene.mtre(tf, JOINTS) < 2.0
 
 
 def test_quality_gate_blocks_tf_for_a_frame_of_something_else(system):
-    client, scene, _proc, _log = system
+    client, scene, _node = system
     rng = np.random.default_rng(0)
     noise = rng.integers(500, 4000, size=(H, W)).astype(np.uint16)  # structure, but not this CT
     before = len(client.diags)
@@ -275,7 +205,7 @@ def test_quality_gate_blocks_tf_for_a_frame_of_something_else(system):
 
 
 def test_services_and_runtime_parameters(system):
-    client, scene, _proc, _log = system
+    client, scene, _node = system
     for cli in (client.reset, client.reregister):
         assert cli.wait_for_service(timeout_sec=10.0)
         fut = cli.call_async(Trigger.Request())
