@@ -1,0 +1,111 @@
+"""Frame-in to TF-out latency of the registration node (a benchmark, not a test).
+
+Starts the node in its own process (default config: built-in head phantom, 128x128
+detector), feeds it frames of the simulated C-arm one at a time over DDS (loopback), and
+measures, for each frame, the time from publishing the image to receiving its transform on
+/tf. The first frame is a full registration from the joint-state pose; the rest track.
+
+    ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=77 \
+        .venv/bin/python bench/bench_latency.py --frames 20 --out bench/results/latency_cpu.json
+
+Prints p50/p95 for the first frame and for tracking, success (mTRE < 2 mm) and the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # before rclpy starts a context
+os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 101))
+
+from tqdm import tqdm
+
+from diffdrr_ros.core.geometry import Detector
+from diffdrr_ros.core.metrics import mean_target_registration_error, target_points
+from diffdrr_ros.core.phantoms import make_phantom
+from diffdrr_ros.ros.carm_simulator import Simulator
+from diffdrr_ros.ros.conversions import transform_to_matrix
+from diffdrr_ros.ros.harness import GraphClient, NodeProcess
+
+
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--period", type=float, default=0.5, help="simulated time between frames, s")
+    ap.add_argument("--phantom", default="head")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--timeout", type=float, default=60.0, help="per frame, s")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    det = Detector(128, 128, spacing_mm=(3.125, 3.125), sdd_mm=1020.0, sid_mm=750.0)
+    volume = make_phantom(args.phantom)
+    sim = Simulator(volume, det, t_start=1000.0)
+    targets = target_points(volume.center, volume.extent_mm)
+    log = Path(tempfile.mkdtemp()) / "node.log"
+    node = NodeProcess({"ct_path": f"phantom:{args.phantom}", "device": args.device, "image.i0": sim.style.i0}, log)
+    client = GraphClient()
+    rows = []
+    try:
+        if not client.wait_for_node(node):
+            print(node.log(), file=sys.stderr)
+            return 1
+        for k in tqdm(range(args.frames), desc="frames", unit="frame"):
+            t = 1000.0 + k * args.period
+            image, _truth, _ = sim.frame(t)
+            client.joint_pub.publish(sim.joints(t))
+            client.spin_for(0.05)
+            t_pub = time.monotonic()
+            client.image_pub.publish(image)
+            ok = client.spin_until(lambda t=t: client.tf_received(t) is not None, args.timeout)
+            row = {"frame": k, "mode": "full" if k == 0 else "tracking", "published": ok}
+            if ok:
+                t_rx, tr = client.tf_received(t)
+                iso_ct, _ = sim.truth(t)
+                row["latency_s"] = t_rx - t_pub
+                row["mtre_mm"] = float(mean_target_registration_error(transform_to_matrix(tr.transform), iso_ct,
+                                                                      targets))
+            rows.append(row)
+    finally:
+        node.stop()
+        client.close()
+    device = next((kv.value for d in client.diags for s in d.status for kv in s.values if kv.key == "device"), "?")
+    summary = {"device": device, "frames": args.frames, "rows": rows}
+    for mode in ("full", "tracking"):
+        lat = [r["latency_s"] for r in rows if r["mode"] == mode and r["published"]]
+        mtre = [r["mtre_mm"] for r in rows if r["mode"] == mode and r["published"]]
+        n = sum(r["mode"] == mode for r in rows)
+        summary[mode] = {
+            "frames": n, "published": len(lat),
+            "latency_p50_s": percentile(lat, 0.5), "latency_p95_s": percentile(lat, 0.95),
+            "mtre_median_mm": statistics.median(mtre) if mtre else float("nan"),
+            "success_rate": sum(m < 2.0 for m in mtre) / max(n, 1),
+        }
+        s = summary[mode]
+        print(f"{mode:>8}: {s['published']}/{s['frames']} published, latency p50 {s['latency_p50_s'] * 1000:.0f} ms "
+              f"p95 {s['latency_p95_s'] * 1000:.0f} ms, median mTRE {s['mtre_median_mm']:.2f} mm, "
+              f"success {100 * s['success_rate']:.0f} %  (device {device})")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
