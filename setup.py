@@ -22,7 +22,7 @@ setup(
     maintainer_email="dev@diffdrr-ros.org",
     description="CT to fluoroscopy 2D/3D registration with a differentiable Siddon DRR, for ROS 2.",
     license="MIT",
-    tests_require=["pytest"],
+    extras_require={"test": ["pytest"]},
     entry_points={
         "console_scripts": [
             "diffdrr-ros = diffdrr_ros.cli:main",
