@@ -7,7 +7,7 @@ It prints READY once its publishers exist (and STATIC_SENT after the static tran
 out), then a JSON line `QOS {...}` with the QoS of its publishers, and runs until SIGINT or
 --deadline seconds. The content it sends is a fixed pattern that the test rebuilds on its own.
 
-The TF QoS here is tf2_ros's (TransformBroadcaster: /tf depth 100, reliable, volatile;
+The TF QoS here is the node's own (diffdrr_ros.ros.qos), which is tf2_ros's (TransformBroadcaster: /tf depth 100, reliable, volatile;
 StaticTransformBroadcaster: /tf_static depth 1, reliable, transient local).
 """
 
@@ -27,22 +27,12 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from tf2_msgs.msg import TFMessage
 
+from diffdrr_ros.ros.qos import TF_QOS, TF_STATIC_QOS  # the node's own profiles
+
 IMAGE_TOPIC = "/diffdrr_ros_test/image"
 WIDTH, HEIGHT = 8, 6
 STAMP = (1_700_000_000, 123_456_789)
 
-TF_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST,
-    depth=100,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.VOLATILE,
-)
-TF_STATIC_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST,
-    depth=1,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.TRANSIENT_LOCAL,
-)
 IMAGE_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     depth=10,

@@ -17,13 +17,14 @@ from pathlib import Path
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
+from .qos import TF_STATIC_QOS
+
 REPO = Path(__file__).resolve().parents[2]
-STATIC_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def ros_env(**extra: str) -> dict[str, str]:
@@ -92,7 +93,7 @@ class GraphClient:
         self.overlays: list[Image] = []
         self.diags: list[DiagnosticArray] = []
         self.node.create_subscription(TFMessage, "/tf", lambda m: self.tf.append((time.monotonic(), m)), 100)
-        self.node.create_subscription(TFMessage, "/tf_static", self.static.append, STATIC_QOS)
+        self.node.create_subscription(TFMessage, "/tf_static", self.static.append, TF_STATIC_QOS)
         self.node.create_subscription(Image, f"{node_name}/overlay", self.overlays.append, 5)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diags.append, 50)
         self.reregister = self.node.create_client(Trigger, f"{node_name}/reregister")
