@@ -231,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the README's main job (see diffdrr_ros/demo.py)")
     p.add_argument("--out", type=Path, default=Path("out/demo"))
     p.set_defaults(func=cmd_demo)
+
+    from .bag import add_bag_parser
+
+    add_bag_parser(sub)
     return parser
 
 
