@@ -25,10 +25,15 @@ from .rotations import axis_angle_to_matrix, make_transform
 
 @dataclass(frozen=True)
 class XRayStyle:
-    """How a DRR becomes a detector frame. Intensities in detector counts."""
+    """How a DRR becomes a detector frame. Intensities in detector counts.
+
+    ``photons`` quanta reach an unattenuated pixel (binned fluoroscopy pixels of a few mm
+    collect 1e4 to 1e5 per frame); the detector maps them to ``i0`` counts.
+    """
 
     i0: float = 3000.0  # counts of an unattenuated pixel
-    gaussian_noise: float = 8.0  # electronic noise, counts (std)
+    photons: float = 20000.0  # X-ray quanta reaching an unattenuated pixel (sets the quantum noise)
+    gaussian_noise: float = 4.0  # electronic noise, counts (std)
     poisson: bool = True  # quantum noise
     blur_sigma_px: float = 0.6
     collimator_radius: float = 0.47  # fraction of the detector's smaller side; 0 disables
@@ -53,7 +58,7 @@ def simulate_xray(
     line_integral: Float[Tensor, "H W"], style: XRayStyle = XRayStyle(), generator: torch.Generator | None = None
 ) -> np.ndarray:
     """An X-ray-like ``uint16`` frame from a line-integral image (attenuation x mm)."""
-    img = style.i0 * torch.exp(-line_integral.detach().to(torch.float64).cpu())
+    img = torch.exp(-line_integral.detach().to(torch.float64).cpu())  # transmitted fraction
     if style.blur_sigma_px > 0:
         k = math.ceil(3 * style.blur_sigma_px) * 2 + 1
         ax = torch.arange(k, dtype=torch.float64) - k // 2
@@ -62,8 +67,9 @@ def simulate_xray(
         x = F.pad(img[None, None], (k // 2, k // 2, k // 2, k // 2), mode="replicate")
         x = F.conv2d(F.conv2d(x, g.view(1, 1, 1, k)), g.view(1, 1, k, 1))
         img = x[0, 0]
-    if style.poisson:
-        img = torch.poisson(img, generator=generator)
+    if style.poisson:  # count quanta, then scale to detector counts
+        img = torch.poisson(img * style.photons, generator=generator) / style.photons
+    img = img * style.i0
     if style.gaussian_noise > 0:
         img = img + style.gaussian_noise * torch.randn(img.shape, generator=generator, dtype=torch.float64)
     top = 2**style.bits - 1

@@ -63,6 +63,10 @@ PARAMS: list[Param] = [
     Param("registration.max_iterations", 150, "iteration limit per pyramid level", False, (1, 10000)),
     Param("registration.pyramid", [4, 2, 1], "detector downsampling factors for the first frame, coarse to fine"),
     Param("registration.tracking_pyramid", [2, 1], "pyramid for tracking frames (start from the last good pose)"),
+    Param("registration.tracking_step_scale", 0.25, "step sizes of tracking frames relative to the first frame's "
+          "(they start close)", False, (1e-3, 1.0)),
+    Param("registration.max_similarity_drop", 0.002, "tracking quality gate: reject a ZNCC this far below the median "
+          "of the last accepted frames (then re-register from the joints)", False, (0.0, 2.0)),
     Param("registration.init_search_first_frame", True, "batch search around the joint-state pose on wide captures"),
     Param("registration.min_similarity", 0.9, "quality gate: final ZNCC below this is not published", False,
           (-1.0, 1.0)),

@@ -122,6 +122,7 @@ class RegistrationNode(Node):
         self._lock = threading.Lock()
         self._joint_buffer: deque[tuple[float, CArmJoints]] = deque(maxlen=200)
         self._last_good: tuple[torch.Tensor, CArmJoints] | None = None
+        self._recent_zncc: deque[float] = deque(maxlen=7)
         self._last_stamp = -math.inf
         self._wide_next = True
         self._camera_info: CameraInfo | None = None
@@ -189,11 +190,14 @@ class RegistrationNode(Node):
 
     def _config(self, overrides: dict | None = None, tracking: bool = False, wide: bool = False) -> RegistrationConfig:
         def get(n):
-            return (overrides[n] if overrides and n in overrides else self._p(n))
+            return overrides[n] if overrides and n in overrides else self._p(n)
+
         pyramid = get("registration.tracking_pyramid") if tracking else get("registration.pyramid")
+        scale = get("registration.tracking_step_scale") if tracking else 1.0
         return RegistrationConfig(
             optimizer=get("registration.optimizer"), similarity=get("registration.similarity"),
-            lr_rotation=get("registration.lr_rotation"), lr_translation=get("registration.lr_translation"),
+            lr_rotation=get("registration.lr_rotation") * scale,
+            lr_translation=get("registration.lr_translation") * scale,
             max_iterations=get("registration.max_iterations"), pyramid=tuple(int(f) for f in pyramid),
             min_similarity=get("registration.min_similarity"),
             init_search=wide and bool(get("registration.init_search_first_frame")),
@@ -372,14 +376,27 @@ class RegistrationNode(Node):
             "registration_ms": f"{result.wall_time_s * 1000:.1f}", "stop_reason": result.stop_reason,
             "joint_age_ms": f"{age * 1000:.1f}", "device": str(self.registrar.device),
         }
+        verdict = result.verdict
+        with self._lock:
+            recent = list(self._recent_zncc)
+        drop = self._p("registration.max_similarity_drop")
+        if result.accepted and mode == "tracking" and len(recent) >= 3:
+            reference = float(np.median(recent))
+            if result.zncc < reference - drop:
+                result.accepted = False
+                verdict = (f"ZNCC {result.zncc:.4f} dropped more than {drop:g} below the recent median "
+                           f"{reference:.4f} (lost track)")
         if not result.accepted:
-            self._reject(f"registration rejected by the quality gate: {result.verdict}", info=info,
+            with self._lock:
+                self._last_good = None  # the next frame starts again from the joints
+            self._reject(f"registration rejected by the quality gate: {verdict}", info=info,
                          level=DiagnosticStatus.WARN)
             return
         iso_ct = iso_from_ct(result.pose, joints)
         self._publish_pose(iso_ct, joints, msg.header.stamp)
         with self._lock:
             self._last_good = (result.pose, joints)
+            self._recent_zncc.append(result.zncc)
             self._wide_next = False
             self.stats.frames_published += 1
             self.stats.level, self.stats.message = DiagnosticStatus.OK, f"registered ({mode}): {result.verdict}"
