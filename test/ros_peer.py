@@ -7,8 +7,9 @@ It prints READY once its publishers exist (and STATIC_SENT after the static tran
 out), then a JSON line `QOS {...}` with the QoS of its publishers, and runs until SIGINT or
 --deadline seconds. The content it sends is a fixed pattern that the test rebuilds on its own.
 
-The TF QoS here is the node's own (diffdrr_ros.ros.qos), which is tf2_ros's (TransformBroadcaster: /tf depth 100, reliable, volatile;
-StaticTransformBroadcaster: /tf_static depth 1, reliable, transient local).
+The TF QoS here is the node's own (diffdrr_ros.ros.qos), which is tf2_ros's
+(TransformBroadcaster: /tf depth 100, reliable, volatile; StaticTransformBroadcaster:
+/tf_static depth 1, reliable, transient local).
 """
 
 from __future__ import annotations
