@@ -52,3 +52,15 @@ def test_register_cli_recovers_pose(tmp_path, capsys):
     assert rc == 0, printed
     assert result["mtre_mm"] < 2.0 and "mTRE" in printed
     np.testing.assert_allclose(result["pose_carm_deg_mm"], truth, atol=1.0)
+
+
+def test_sim_writes_a_bag_of_the_simulated_c_arm(tmp_path):
+    from diffdrr_ros.bag.scoring import read_records
+
+    bag = tmp_path / "sim"
+    rc = main(["sim", "--bag", str(bag), "--frames", "3", "--phantom", "head_tiny", "--size", "16", "16",
+               "--spacing", "20", "20", "--storage", "sqlite3"])
+    assert rc == 0
+    topics = [r[0] for r in read_records([bag])]
+    assert topics.count("/fluoro/image") == 3 and topics.count("/carm_sim/ground_truth") == 3
+    assert topics.count("/carm/joint_states") >= 3
