@@ -100,6 +100,10 @@ class Trajectory:
     patient_jump_every_s: float = 15.0  # a small jump (cough, repositioning) this often; 0 disables
     patient_jump_mm: float = 3.0
     patient_jump_deg: float = 1.5
+    # Where the patient actually lies relative to the planned placement (CT centre on the
+    # isocentre): the set-up error the first registration must find. mm, and degrees about x, y, z.
+    setup_offset_mm: tuple[float, float, float] = (12.0, -8.0, 10.0)
+    setup_offset_deg: tuple[float, float, float] = (3.0, -2.0, 4.0)
     seed: int = 0
 
     def joints(self, t: float) -> CArmJoints:
@@ -121,8 +125,8 @@ class Trajectory:
         """True ``T_table_ct`` at time ``t``: the CT on the table, drifting and jumping."""
         drift = torch.tensor([1.0, -0.5, 0.3], dtype=torch.float64)
         drift = drift / drift.norm() * self.patient_drift_mm_per_s * t
-        trans = drift.clone()
-        rotvec = torch.zeros(3, dtype=torch.float64)
+        trans = drift + torch.tensor(self.setup_offset_mm, dtype=torch.float64)
+        rotvec = torch.tensor([math.radians(a) for a in self.setup_offset_deg], dtype=torch.float64)
         if self.patient_jump_every_s > 0:
             for k in range(1, int(t // self.patient_jump_every_s) + 1):
                 rng = np.random.default_rng([self.seed, 1000 + k])

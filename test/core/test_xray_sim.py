@@ -40,8 +40,11 @@ def test_trajectory_is_deterministic_and_bounded():
         j = Trajectory().joints(t)
         assert abs(j.lao_rad) <= math.radians(25) + 1e-12 and abs(j.cranial_rad) <= math.radians(10) + 1e-12
     center = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    still = Trajectory(setup_offset_mm=(0.0, 0.0, 0.0), setup_offset_deg=(0.0, 0.0, 0.0))
+    torch.testing.assert_close(still.table_from_ct(0.0, center)[:3, 3], -center)  # planned placement
     p0 = traj.table_from_ct(0.0, center)
-    torch.testing.assert_close(p0[:3, 3], -center)  # no motion yet
+    # The set-up error moves the CT centre by exactly the offset (rotation is about the centre).
+    torch.testing.assert_close(p0[:3, :3] @ center + p0[:3, 3], torch.tensor(traj.setup_offset_mm, dtype=torch.float64))
     p1 = traj.table_from_ct(20.0, center)  # drift plus one jump
     moved = (p1[:3, 3] - p0[:3, 3]).norm()
     assert 2.0 < moved < 15.0
