@@ -18,10 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-import rclpy
 import torch
 from geometry_msgs.msg import PoseStamped
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from tf2_msgs.msg import TFMessage
@@ -39,6 +37,8 @@ from .conversions import (
     seconds_to_stamp,
     stamped_transform,
 )
+from .registration_node import StartupError, load_ct
+from .runtime import run_node
 
 IMAGE_TOPIC = "fluoro/image"
 JOINT_TOPIC = "carm/joint_states"
@@ -131,8 +131,6 @@ class CArmSimulatorNode(Node):
         for name, default in p.items():
             self.declare_parameter(name, default)
         g = lambda n: self.get_parameter(n).value  # noqa: E731
-        from .registration_node import load_ct
-
         volume = load_ct(g("ct_path"), [1.0, 1.0, 1.0], 1)
         det = Detector(g("detector.height"), g("detector.width"), spacing_mm=tuple(g("detector.pixel_spacing_mm")),
                        sdd_mm=g("detector.sdd_mm"), sid_mm=g("detector.sid_mm") or None)
@@ -165,22 +163,8 @@ class CArmSimulatorNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = CArmSimulatorNode()
-    except Exception as exc:  # a clear fatal line, not a traceback
-        print(f"[FATAL] [carm_simulator]: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
-
+    """``ros2 run diffdrr_ros carm_simulator`` (parameters: see :class:`CArmSimulatorNode`)."""
+    return run_node(CArmSimulatorNode, "carm_simulator", (StartupError, ValueError, OSError), args)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,12 +25,10 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -57,6 +55,7 @@ from .conversions import (
 )
 from .params import PARAMS
 from .qos import TF_QOS, TF_STATIC_QOS
+from .runtime import run_node
 
 
 class StartupError(RuntimeError):
@@ -492,23 +491,7 @@ class RegistrationNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """``ros2 run diffdrr_ros registration_node --ros-args --params-file config/registration.yaml``."""
-    rclpy.init(args=args)
-    try:
-        node = RegistrationNode()
-    except StartupError as exc:
-        print(f"[FATAL] [diffdrr_registration]: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
-
+    return run_node(RegistrationNode, "diffdrr_registration", (StartupError,), args)
 
 if __name__ == "__main__":
     sys.exit(main())
