@@ -18,7 +18,7 @@ def test_simulator_node_publishes_its_topics(tmp_path):
     client.node.create_subscription(JointState, "carm/joint_states", got["joints"].append, 50)
     client.node.create_subscription(PoseStamped, "carm_sim/ground_truth", got["truth"].append, 10)
     try:
-        ok = client.spin_until(lambda: len(got["image"]) >= 3 and len(got["truth"]) >= 3 or not node.alive(), 60.0)
+        ok = client.spin_until(lambda: (len(got["image"]) >= 3 and len(got["truth"]) >= 3) or not node.alive(), 60.0)
         assert ok and node.alive(), node.log()
     finally:
         rc = node.stop()
