@@ -13,12 +13,14 @@ that maps grid coordinates to the CT frame; the caller multiplies by the length)
 * :func:`siddon_torch` - the readable reference: every plane crossing of every ray as a
   tensor, sorted, midpoints looked up. Differentiable through autograd; runs on any
   device; memory ``O(rays x (I + J + K))``.
-* :func:`siddon_numba` - the fast CPU kernel: incremental (Jacobs) traversal, one thread
-  per ray, memory ``O(rays)``. It returns the analytic gradient of ``S`` with respect to
-  the ray end points in the same pass: crossing plane ``x_a = P`` at ``alpha`` with a
-  jump ``J = V_before - V_after`` (outside the volume ``V = 0``) contributes
-  ``dS/dsrc_a += J (alpha - 1) / d_a`` and ``dS/dtgt_a += -J alpha / d_a``, ``d = tgt - src``.
-  So forward + backward costs one traversal.
+* :func:`siddon_numba` - the fast CPU kernel: incremental (Jacobs) traversal, chunks of
+  rays on all cores, memory ``O(rays)``, on a copy of the volume whose contiguous axis follows the
+  rays and with the rays grouped by neighbourhood (:mod:`.layout`). It returns the
+  analytic gradient of ``S`` with respect to the ray end points in the same pass:
+  crossing plane ``x_a = P`` at ``alpha`` with a jump ``J = V_before - V_after`` (outside
+  the volume ``V = 0``) contributes ``dS/dsrc_a += J (alpha - 1) / d_a`` and
+  ``dS/dtgt_a += -J alpha / d_a``, ``d = tgt - src``. So forward + backward costs one
+  traversal.
 
 :func:`siddon` dispatches between them.
 """
@@ -32,6 +34,8 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+from .layout import KernelRays, as_numpy_volume, run_chunked
 
 
 def _box_clip(
@@ -83,155 +87,207 @@ def siddon_torch(
     return (seg * values).sum(-1)
 
 
-@numba.njit(cache=True, inline="always")
-def _start_index(p: float, d: float, n: int) -> int:
-    """Voxel index along one axis of the segment that starts at grid coordinate ``p``."""
-    i = math.floor(p) if d >= 0 else math.ceil(p) - 1
-    return min(max(i, 0), n - 1)
-
-
-@numba.njit(cache=True, inline="always")
-def _next_crossing(i: int, step: int, s: float, inv_d: float) -> float:
-    """Alpha of the next plane crossed when leaving voxel ``i`` in direction ``step``."""
-    if step == 0:
-        return math.inf
-    plane = i + 1 if step > 0 else i
-    return (plane - s) * inv_d
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
+@numba.njit(nogil=True, cache=True, fastmath=False)
 def _siddon_kernel(vol, src, tgt, out, jac, want_jac):  # pragma: no cover - compiled
+    """Siddon/Jacobs traversal, one ray per iteration; ``jac`` gets ``dS/d(src, tgt)``.
+
+    Serial and GIL-free: :func:`.layout.run_chunked` runs it on chunks of rays in a pool of
+    threads (see there for why not ``numba.prange``).
+
+    The walk keeps, per axis, the coordinate of the next plane (stepped by +-1, exact in
+    floating point, so every crossing ``(plane - s) * (1 / d)`` is computed afresh: no drift,
+    the same tie-breaking everywhere), the flat-index stride and the voxels left before the
+    face.
+    For the gradient, each crossing of a plane on axis ``a`` at ``alpha`` with jump
+    ``J = V_before - V_after`` adds ``J`` to ``Q_a`` and ``J alpha`` to ``P_a``; then
+    ``dS/dsrc_a = (P_a - Q_a) / d_a`` and ``dS/dtgt_a = -P_a / d_a``.
+    """
     nx, ny, nz = vol.shape
-    dims = (nx, ny, nz)
-    for r in numba.prange(src.shape[0]):
-        s = (src[r, 0], src[r, 1], src[r, 2])
-        d = (tgt[r, 0] - s[0], tgt[r, 1] - s[1], tgt[r, 2] - s[2])
+    flat = vol.reshape(-1)
+    for r in range(src.shape[0]):
+        sx, sy, sz = src[r, 0], src[r, 1], src[r, 2]
+        dx, dy, dz = tgt[r, 0] - sx, tgt[r, 1] - sy, tgt[r, 2] - sz
         out[r] = 0.0
         if want_jac:
             for q in range(6):
                 jac[r, q] = 0.0
+        # Clip to the box [0, n]: entry/exit alpha and the axis of the face crossed there.
         amin, amax = 0.0, 1.0
         ain, aout = -1, -1
         ok = True
         for a in range(3):
-            if d[a] != 0.0:
-                a0 = -s[a] / d[a]
-                a1 = (dims[a] - s[a]) / d[a]
+            sa = sx if a == 0 else (sy if a == 1 else sz)
+            da = dx if a == 0 else (dy if a == 1 else dz)
+            na = nx if a == 0 else (ny if a == 1 else nz)
+            if da != 0.0:
+                a0 = -sa / da
+                a1 = (na - sa) / da
                 lo, hi = min(a0, a1), max(a0, a1)
                 if lo > amin:
                     amin, ain = lo, a
                 if hi < amax:
                     amax, aout = hi, a
-            elif s[a] < 0.0 or s[a] > dims[a]:
+            elif sa < 0.0 or sa > na:
                 ok = False
         if not ok or amin >= amax:
             continue
-        step = (
-            (1 if d[0] > 0 else (-1 if d[0] < 0 else 0)),
-            (1 if d[1] > 0 else (-1 if d[1] < 0 else 0)),
-            (1 if d[2] > 0 else (-1 if d[2] < 0 else 0)),
-        )
-        inv = (
-            1.0 / d[0] if d[0] != 0.0 else 0.0,
-            1.0 / d[1] if d[1] != 0.0 else 0.0,
-            1.0 / d[2] if d[2] != 0.0 else 0.0,
-        )
-        ix = _start_index(s[0] + amin * d[0], d[0], nx)
-        iy = _start_index(s[1] + amin * d[1], d[1], ny)
-        iz = _start_index(s[2] + amin * d[2], d[2], nz)
-        nxt_x = _next_crossing(ix, step[0], s[0], inv[0])
-        nxt_y = _next_crossing(iy, step[1], s[1], inv[1])
-        nxt_z = _next_crossing(iz, step[2], s[2], inv[2])
-        v = np.float64(vol[ix, iy, iz])
-        g0 = g1 = g2 = h0 = h1 = h2 = 0.0  # dS/dsrc, dS/dtgt
-        if want_jac and ain >= 0:  # entering through a plane: jump 0 -> v
-            jump = -v
-            if ain == 0:
-                g0 += jump * (amin - 1.0) * inv[0]
-                h0 -= jump * amin * inv[0]
-            elif ain == 1:
-                g1 += jump * (amin - 1.0) * inv[1]
-                h1 -= jump * amin * inv[1]
-            else:
-                g2 += jump * (amin - 1.0) * inv[2]
-                h2 -= jump * amin * inv[2]
+        ivx = 1.0 / dx if dx != 0.0 else 0.0
+        ivy = 1.0 / dy if dy != 0.0 else 0.0
+        ivz = 1.0 / dz if dz != 0.0 else 0.0
+        # First voxel: the one the segment starting at amin lies in.
+        px, py, pz = sx + amin * dx, sy + amin * dy, sz + amin * dz
+        ix = min(max(math.floor(px) if dx >= 0 else math.ceil(px) - 1, 0), nx - 1)
+        iy = min(max(math.floor(py) if dy >= 0 else math.ceil(py) - 1, 0), ny - 1)
+        iz = min(max(math.floor(pz) if dz >= 0 else math.ceil(pz) - 1, 0), nz - 1)
+        # Per axis: next plane, its alpha, plane step, flat-index step, voxels left.
+        if dx > 0:
+            plx, stepx, strx, leftx = ix + 1.0, 1.0, ny * nz, nx - 1 - ix
+        elif dx < 0:
+            plx, stepx, strx, leftx = ix * 1.0, -1.0, -(ny * nz), ix
+        else:
+            plx, stepx, strx, leftx = 0.0, 0.0, 0, 0
+        if dy > 0:
+            ply, stepy, stry, lefty = iy + 1.0, 1.0, nz, ny - 1 - iy
+        elif dy < 0:
+            ply, stepy, stry, lefty = iy * 1.0, -1.0, -nz, iy
+        else:
+            ply, stepy, stry, lefty = 0.0, 0.0, 0, 0
+        if dz > 0:
+            plz, stepz, strz, leftz = iz + 1.0, 1.0, 1, nz - 1 - iz
+        elif dz < 0:
+            plz, stepz, strz, leftz = iz * 1.0, -1.0, -1, iz
+        else:
+            plz, stepz, strz, leftz = 0.0, 0.0, 0, 0
+        nxt_x = (plx - sx) * ivx if dx != 0.0 else math.inf
+        nxt_y = (ply - sy) * ivy if dy != 0.0 else math.inf
+        nxt_z = (plz - sz) * ivz if dz != 0.0 else math.inf
+        idx = (ix * ny + iy) * nz + iz
+        v = np.float64(flat[idx])
         acc = 0.0
         a_cur = amin
+        if not want_jac:
+            while True:
+                if nxt_x <= nxt_y and nxt_x <= nxt_z:
+                    if nxt_x >= amax or leftx == 0:
+                        break
+                    acc += (nxt_x - a_cur) * v
+                    a_cur = nxt_x
+                    plx += stepx
+                    nxt_x = (plx - sx) * ivx
+                    idx += strx
+                    leftx -= 1
+                elif nxt_y <= nxt_z:
+                    if nxt_y >= amax or lefty == 0:
+                        break
+                    acc += (nxt_y - a_cur) * v
+                    a_cur = nxt_y
+                    ply += stepy
+                    nxt_y = (ply - sy) * ivy
+                    idx += stry
+                    lefty -= 1
+                else:
+                    if nxt_z >= amax or leftz == 0:
+                        break
+                    acc += (nxt_z - a_cur) * v
+                    a_cur = nxt_z
+                    plz += stepz
+                    nxt_z = (plz - sz) * ivz
+                    idx += strz
+                    leftz -= 1
+                v = np.float64(flat[idx])
+            out[r] = acc + (amax - a_cur) * v
+            continue
+        qx = qy = qz = 0.0  # sum of jumps per axis
+        wx = wy = wz = 0.0  # sum of jump * alpha per axis
+        if ain == 0:  # entering through a face: jump 0 -> v
+            qx -= v
+            wx -= v * amin
+        elif ain == 1:
+            qy -= v
+            wy -= v * amin
+        elif ain == 2:
+            qz -= v
+            wz -= v * amin
         while True:
             if nxt_x <= nxt_y and nxt_x <= nxt_z:
-                axis, a_next = 0, nxt_x
+                if nxt_x >= amax or leftx == 0:
+                    break
+                acc += (nxt_x - a_cur) * v
+                a_cur = nxt_x
+                plx += stepx
+                nxt_x = (plx - sx) * ivx
+                idx += strx
+                leftx -= 1
+                vn = np.float64(flat[idx])
+                qx += v - vn
+                wx += (v - vn) * a_cur
             elif nxt_y <= nxt_z:
-                axis, a_next = 1, nxt_y
+                if nxt_y >= amax or lefty == 0:
+                    break
+                acc += (nxt_y - a_cur) * v
+                a_cur = nxt_y
+                ply += stepy
+                nxt_y = (ply - sy) * ivy
+                idx += stry
+                lefty -= 1
+                vn = np.float64(flat[idx])
+                qy += v - vn
+                wy += (v - vn) * a_cur
             else:
-                axis, a_next = 2, nxt_z
-            if a_next >= amax:
-                break
-            acc += (a_next - a_cur) * v
-            a_cur = a_next
-            if axis == 0:
-                ix += step[0]
-                if ix < 0 or ix >= nx:
+                if nxt_z >= amax or leftz == 0:
                     break
-                nxt_x = _next_crossing(ix, step[0], s[0], inv[0])
-            elif axis == 1:
-                iy += step[1]
-                if iy < 0 or iy >= ny:
-                    break
-                nxt_y = _next_crossing(iy, step[1], s[1], inv[1])
-            else:
-                iz += step[2]
-                if iz < 0 or iz >= nz:
-                    break
-                nxt_z = _next_crossing(iz, step[2], s[2], inv[2])
-            v_new = np.float64(vol[ix, iy, iz])
-            if want_jac:
-                jump = v - v_new
-                if axis == 0:
-                    g0 += jump * (a_cur - 1.0) * inv[0]
-                    h0 -= jump * a_cur * inv[0]
-                elif axis == 1:
-                    g1 += jump * (a_cur - 1.0) * inv[1]
-                    h1 -= jump * a_cur * inv[1]
-                else:
-                    g2 += jump * (a_cur - 1.0) * inv[2]
-                    h2 -= jump * a_cur * inv[2]
-            v = v_new
-        acc += (amax - a_cur) * v
-        out[r] = acc
-        if want_jac:
-            if aout >= 0:  # leaving through a plane: jump v -> 0
-                jump = v
-                if aout == 0:
-                    g0 += jump * (amax - 1.0) * inv[0]
-                    h0 -= jump * amax * inv[0]
-                elif aout == 1:
-                    g1 += jump * (amax - 1.0) * inv[1]
-                    h1 -= jump * amax * inv[1]
-                else:
-                    g2 += jump * (amax - 1.0) * inv[2]
-                    h2 -= jump * amax * inv[2]
-            jac[r, 0], jac[r, 1], jac[r, 2] = g0, g1, g2
-            jac[r, 3], jac[r, 4], jac[r, 5] = h0, h1, h2
+                acc += (nxt_z - a_cur) * v
+                a_cur = nxt_z
+                plz += stepz
+                nxt_z = (plz - sz) * ivz
+                idx += strz
+                leftz -= 1
+                vn = np.float64(flat[idx])
+                qz += v - vn
+                wz += (v - vn) * a_cur
+            v = vn
+        out[r] = acc + (amax - a_cur) * v
+        if aout == 0:  # leaving through a face: jump v -> 0
+            qx += v
+            wx += v * amax
+        elif aout == 1:
+            qy += v
+            wy += v * amax
+        elif aout == 2:
+            qz += v
+            wz += v * amax
+        jac[r, 0] = ivx * (wx - qx)
+        jac[r, 1] = ivy * (wy - qy)
+        jac[r, 2] = ivz * (wz - qz)
+        jac[r, 3] = -ivx * wx
+        jac[r, 4] = -ivy * wy
+        jac[r, 5] = -ivz * wz
 
 
 def _as_numpy_volume(data: Tensor) -> np.ndarray:
-    """Zero-copy view for CPU float32/float64 tensors (the kernels compile for both)."""
-    dtype = data.dtype if data.dtype in (torch.float32, torch.float64) else torch.float32
-    return data.detach().to("cpu", dtype).contiguous().numpy()
+    """Zero-copy view for CPU float32/float64 tensors (kept for callers of the old name)."""
+    return as_numpy_volume(data)
 
 
 class _SiddonNumba(torch.autograd.Function):
     """Autograd wrapper: forward returns ``S``; the saved Jacobian gives the backward."""
 
     @staticmethod
-    def forward(ctx, data: Tensor, src: Tensor, tgt: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, data: Tensor, src: Tensor, tgt: Tensor, reorder: bool = True) -> Tensor:  # type: ignore[override]
         want_jac = src.requires_grad or tgt.requires_grad
         src_np = src.detach().to("cpu", torch.float64).contiguous().numpy()
         tgt_np = tgt.detach().to("cpu", torch.float64).contiguous().numpy()
+        rays = KernelRays.prepare(data, src_np, tgt_np, reorder)
         n = src_np.shape[0]
         out = np.empty(n, dtype=np.float64)
         jac = np.empty((n, 6) if want_jac else (1, 6), dtype=np.float64)
-        _siddon_kernel(_as_numpy_volume(data), src_np, tgt_np, out, jac, want_jac)
+
+        def chunk(lo: int, hi: int) -> None:
+            _siddon_kernel(rays.vol, rays.src[lo:hi], rays.tgt[lo:hi], out[lo:hi],
+                           jac[lo:hi] if want_jac else jac, want_jac)
+
+        run_chunked(chunk, n)
+        out, jac = rays.restore(out, jac if want_jac else None)
         if want_jac:
             ctx.save_for_backward(torch.from_numpy(jac).to(src.dtype))
         return torch.from_numpy(out).to(src.dtype)
@@ -240,17 +296,23 @@ class _SiddonNumba(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         (jac,) = ctx.saved_tensors
         g = grad_out[:, None] * jac
-        return None, g[:, :3], g[:, 3:]
+        return None, g[:, :3], g[:, 3:], None
 
 
 def siddon_numba(
-    data: Float[Tensor, "I J K"], src: Float[Tensor, "N 3"], tgt: Float[Tensor, "N 3"]
+    data: Float[Tensor, "I J K"],
+    src: Float[Tensor, "N 3"],
+    tgt: Float[Tensor, "N 3"],
+    reorder: bool = True,
 ) -> Float[Tensor, " N"]:
     """Fast CPU Siddon (numba, all cores) with the analytic gradient w.r.t. ``src``, ``tgt``.
 
-    The volume itself gets no gradient (registration optimises the pose).
+    The volume itself gets no gradient (registration optimises the pose). ``reorder`` lets
+    the kernel walk a cached copy of the volume whose contiguous axis is the one most
+    parallel to the rays, with the rays grouped by neighbourhood (:mod:`.layout`); the
+    result is the same either way, only faster.
     """
-    return _SiddonNumba.apply(data, src, tgt)
+    return _SiddonNumba.apply(data, src, tgt, reorder)
 
 
 def siddon(
@@ -258,16 +320,18 @@ def siddon(
     src: Float[Tensor, "N 3"],
     tgt: Float[Tensor, "N 3"],
     backend: str = "auto",
+    reorder: bool = True,
 ) -> Float[Tensor, " N"]:
     """Siddon radiological path ``S`` per ray; ``backend`` is ``auto``, ``numba`` or ``torch``.
 
     ``auto`` takes the fused numba kernel on the CPU and the torch reference elsewhere
-    (CUDA), and the reference whenever the volume itself needs a gradient.
+    (CUDA), and the reference whenever the volume itself needs a gradient. ``reorder``:
+    see :func:`siddon_numba` (ignored by the torch reference).
     """
     if backend == "auto":
         backend = "numba" if src.device.type == "cpu" and not data.requires_grad else "torch"
     if backend == "numba":
-        return siddon_numba(data, src, tgt)
+        return siddon_numba(data, src, tgt, reorder)
     if backend == "torch":
         return siddon_torch(data, src, tgt)
     raise ValueError(f"unknown Siddon backend {backend!r} (auto, numba, torch)")
