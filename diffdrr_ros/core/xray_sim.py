@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
 from .kinematics import CArmJoints, default_prior
+from .render import gaussian_blur
 from .rotations import axis_angle_to_matrix, make_transform
 
 
@@ -59,14 +59,8 @@ def simulate_xray(
 ) -> np.ndarray:
     """An X-ray-like ``uint16`` frame from a line-integral image (attenuation x mm)."""
     img = torch.exp(-line_integral.detach().to(torch.float64).cpu())  # transmitted fraction
-    if style.blur_sigma_px > 0:
-        k = math.ceil(3 * style.blur_sigma_px) * 2 + 1
-        ax = torch.arange(k, dtype=torch.float64) - k // 2
-        g = torch.exp(-(ax**2) / (2 * style.blur_sigma_px**2))
-        g = g / g.sum()
-        x = F.pad(img[None, None], (k // 2, k // 2, k // 2, k // 2), mode="replicate")
-        x = F.conv2d(F.conv2d(x, g.view(1, 1, 1, k)), g.view(1, 1, k, 1))
-        img = x[0, 0]
+    if style.blur_sigma_px > 0:  # the same PSF model the registration can apply to its DRRs
+        img = gaussian_blur(img[None], style.blur_sigma_px)[0]
     if style.poisson:  # count quanta, then scale to detector counts
         img = torch.poisson(img * style.photons, generator=generator) / style.photons
     img = img * style.i0
