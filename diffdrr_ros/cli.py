@@ -268,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .bag import add_bag_parser
 
     add_bag_parser(sub)
+
+    from .studies import add_study_parser
+
+    add_study_parser(sub)
     return parser
 
 

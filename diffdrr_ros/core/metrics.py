@@ -7,7 +7,10 @@ seed (negative ZNCC); L2 is already a distance and is returned as ``-mse``.
 
 * ``zncc``  - zero-normalised cross-correlation of the whole image, in [-1, 1].
 * ``l2``    - negative mean squared difference after z-scoring both images (so the
-  intensity scale of an X-ray and a DRR does not matter).
+  intensity scale of an X-ray and a DRR does not matter). Note: for z-scored images
+  ``mse = 2 - 2 * zncc`` exactly, so ``l2`` ranks poses like ``zncc`` (same landscape).
+* ``mse``   - negative mean squared difference of the raw images (the seed's plain L2;
+  only meaningful when the fixed image is in the DRR's units, e.g. a DRR).
 * ``pncc``  - patch-wise (local) NCC averaged over non-overlapping patches.
 * ``mncc``  - multiscale NCC: mean of ZNCC and patch-wise NCC at a few patch sizes.
 * ``gncc``  - gradient NCC: ZNCC of the Sobel gradients (x and y), robust to the smooth
@@ -64,6 +67,13 @@ def neg_l2(moving: Tensor, fixed: Tensor, mask: Tensor | None = None) -> Float[T
     """Negative mean squared difference of the z-scored images (higher is better, max 0)."""
     m, f, w = _flatten(moving, fixed, mask)
     d = (_zscore(m, w) - _zscore(f, w)) * w
+    return -(d * d).sum(-1) / w.sum(-1).clamp_min(1)
+
+
+def neg_mse(moving: Tensor, fixed: Tensor, mask: Tensor | None = None) -> Float[Tensor, " B"]:
+    """Negative mean squared difference of the raw images (no normalisation)."""
+    m, f, w = _flatten(moving, fixed, mask)
+    d = (m - f) * w
     return -(d * d).sum(-1) / w.sum(-1).clamp_min(1)
 
 
@@ -136,6 +146,7 @@ def mncc_gncc(moving: Tensor, fixed: Tensor, mask: Tensor | None = None) -> Floa
 SIMILARITIES: dict[str, Callable[..., Tensor]] = {
     "zncc": zncc,
     "l2": neg_l2,
+    "mse": neg_mse,
     "pncc": patch_ncc,
     "mncc": multiscale_ncc,
     "gncc": gradient_ncc,

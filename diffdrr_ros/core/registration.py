@@ -2,13 +2,19 @@
 
 The loop of the seed (its Fig. 4): render a DRR at the current pose, compare it with the
 fixed X-ray, step the pose along the gradient of the loss, repeat until the loss stops
-improving. Beyond the seed:
+improving. Beyond the seed, and on by default (each measured in ``docs/results.md``):
 
-* a coarse-to-fine pyramid (a small DRR of a downsampled CT first, then finer),
-* an initial search at the coarsest level (a batch of candidate poses scored at once;
-  the best few are refined together) that widens the capture range,
-* reduce-on-plateau learning rates and early stopping,
-* a result with a quality verdict the caller can gate on.
+* an initial search on a ~16 px image that widens the capture range at +-45 deg / +-60 mm
+  from ~45-85 % (the seed's protocol) to ~98-100 %: 256 candidate rotations (a Sobol set in
+  the +-45 deg box of the C-arm angles) with their in-plane translation centred on the fixed
+  image's intensity centroid, scored in one batched render; the best 32 descend together
+  for 30 steps; the best 2 go on;
+* a coarse-to-fine pyramid (32 then 64 px for a 64 px detector, each level on a CT
+  box-averaged to its pixel footprint), the candidates halving per level (2, 1) and the step
+  sizes too, so the choice between them is made where the similarity is most telling;
+* a decoupled pose parameterisation (rotation about the CT centre, translation in the
+  camera frame), reduce-on-plateau step sizes (absolute threshold) and early stopping;
+* a result with per-stage timings and a quality verdict the caller can gate on.
 
 :class:`Registrar` holds the prepared CT pyramid so that a ROS node, a CLI or a study can
 register many frames without redoing that work. The node and the studies use this same API.
@@ -29,7 +35,7 @@ from torch import Tensor
 
 from .geometry import Detector, carm_to_matrix, matrix_to_carm
 from .metrics import get_similarity, mean_target_registration_error, target_points, zncc
-from .optimizers import make_optimizer
+from .optimizers import DEFAULT_STEP_SIZES, make_optimizer
 from .render import RenderSettings, render, resolve_device
 from .rotations import axis_angle_to_matrix, make_transform
 from .volume import Volume
@@ -88,6 +94,24 @@ class RegistrationConfig:
     ``lr_rotation`` / ``lr_translation``: step sizes for the rotation and translation
     parameters (the seed's separate step sizes); ``None`` takes the optimiser's default
     (see :data:`diffdrr_ros.core.optimizers.DEFAULT_STEP_SIZES`).
+
+    Parameterisations of the pose being optimised:
+
+    * ``"camera"`` - rotation (axis-angle, camera axes) about the CT centre and translation
+      of the CT centre in the camera frame (in-plane x/y, depth z): rotating does not move
+      the CT centre's projection, so rotation and translation are nearly decoupled.
+    * ``"so3"`` - axis-angle about the current pose, translation in the seed's iso frame
+      (rotations turn the C-arm about the isocentre, moving an off-centre CT).
+    * ``"carm"`` - the seed's own parameters ``(theta, phi, gamma, bx, by, bz)``.
+
+    The initial search (``init_search``) runs on a ~16 px image (``init_size``; or at
+    ``init_factor``): ``init_candidates`` rotations around the start (a scrambled Sobol set
+    in the ``+-init_range_deg`` box of the C-arm angles; the start itself is candidate 0),
+    each with its in-plane translation centred on the fixed image's intensity centroid
+    (``init_center``), are scored in one batch; the best ``init_refine`` descend together
+    for ``init_refine_iterations`` steps; the best ``init_keep`` then go through the
+    pyramid together (``level_keep`` caps how many enter each level) and the choice between
+    them is made at the finest level.
     """
 
     optimizer: str = "adam"
@@ -96,30 +120,71 @@ class RegistrationConfig:
     momentum: float = 0.9
     dampening: float = 0.2
     similarity: str = "zncc"
-    parameterization: str = "so3"  # "so3" (axis-angle about the current pose) or "carm" (seed's angles)
-    pyramid: tuple[int, ...] = (4, 2, 1)  # detector downsampling factors, coarse to fine
-    max_iterations: int = 150  # per pyramid level
-    patience: int = 15  # stop a level when the loss has not improved by `tolerance` for this long
+    parameterization: str = "camera"  # "camera", "so3" or "carm" (see above)
+    pyramid: tuple[int, ...] = (2, 1)  # detector downsampling factors, coarse to fine
+    downsample_volume: bool = True  # coarse levels render a CT averaged to the pixel footprint
+    max_iterations: int | tuple[int, ...] = 150  # per pyramid level (one value, or one per level)
+    patience: int = 25  # stop a level when the loss has not improved by `tolerance` for this long
     tolerance: float = 1e-5
-    plateau_patience: int = 6  # halve the step sizes after this many non-improving iterations
+    plateau_patience: int = 10  # halve the step sizes after this many non-improving iterations
     plateau_factor: float = 0.5
-    init_search: bool = False  # batch search at the coarsest level before descending
+    level_keep: tuple[int, ...] | None = None  # candidates entering each level (None: halve per level)
+    level_lr_decay: float = 0.5  # step sizes x decay**i at level i (finer levels take smaller steps)
+    init_search: bool = True  # batch search at the coarsest level before descending
     init_candidates: int = 256
-    init_keep: int = 4
+    init_refine: int = 32
+    init_refine_iterations: int = 30
+    init_keep: int = 2
     init_range_deg: float = 45.0
-    init_range_mm: float = 60.0
+    init_range_mm: float = 60.0  # translation range sampled when init_center is off
+    init_center: bool = True
+    init_factor: int | None = None  # detector downsampling of the search (None: from init_size)
+    init_size: int = 16  # auto init_factor: the search image is at most this many pixels a side
     init_seed: int = 0
     method: str = "siddon"
     min_similarity: float = 0.9  # quality gate on the final full-resolution ZNCC
     seed_success_zncc: float = 0.999  # the seed/DiffDRR "converged" criterion, reported beside mTRE
 
     def __post_init__(self) -> None:
-        if self.parameterization not in ("so3", "carm"):
-            raise ValueError(f"parameterization must be 'so3' or 'carm', got {self.parameterization!r}")
+        if self.parameterization not in PARAMETERIZATIONS:
+            raise ValueError(
+                f"parameterization must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}"
+            )
         if not self.pyramid or any(int(f) < 1 for f in self.pyramid):
             raise ValueError(f"pyramid factors must be positive integers, got {self.pyramid}")
+        if isinstance(self.max_iterations, (tuple, list)):
+            if len(self.max_iterations) != len(self.pyramid) or min(self.max_iterations) < 1:
+                raise ValueError("max_iterations needs one positive value per pyramid level")
+        elif int(self.max_iterations) < 1:
+            raise ValueError("max_iterations must be positive")
+        if self.level_keep is not None and (
+            len(self.level_keep) != len(self.pyramid) or min(self.level_keep) < 1
+        ):
+            raise ValueError("level_keep needs one positive value per pyramid level")
+        if not 0 < self.level_lr_decay <= 1:
+            raise ValueError(f"level_lr_decay must lie in (0, 1], got {self.level_lr_decay}")
+        if self.init_candidates < 1 or self.init_keep < 1 or self.init_refine < 1:
+            raise ValueError("init_candidates, init_refine and init_keep must be positive")
+        if self.init_factor is not None and self.init_factor < 1:
+            raise ValueError("init_factor must be a positive integer")
+        if self.init_size < 1:
+            raise ValueError("init_size must be a positive integer")
         get_similarity(self.similarity)
         make_optimizer(self.optimizer, [torch.zeros(1, requires_grad=True)], [torch.zeros(1, requires_grad=True)])
+
+    def iterations_at(self, level: int) -> int:
+        """Iteration limit of pyramid level ``level``."""
+        its = self.max_iterations
+        return int(its[level]) if isinstance(its, (tuple, list)) else int(its)
+
+    def keep_at(self, level: int) -> int:
+        """How many candidates enter pyramid level ``level`` (default: ``init_keep`` halved per level)."""
+        if self.level_keep is not None:
+            return int(self.level_keep[level])
+        return max(1, self.init_keep >> level)
+
+
+PARAMETERIZATIONS = ("camera", "so3", "carm")
 
 
 @dataclass
@@ -140,6 +205,7 @@ class RegistrationResult:
     history: list[float] = field(default_factory=list)  # loss per iteration, all levels
     mtre_mm: float | None = None  # when a ground truth was given
     success: bool | None = None  # mTRE below the success threshold (when a truth was given)
+    stages: list[dict] = field(default_factory=list)  # per stage (search, levels): size, iterations, time
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -160,6 +226,42 @@ def _downsample_image(img: Tensor, det: Detector) -> Tensor:
     if tuple(img.shape[-2:]) == det.shape:
         return img
     return F.interpolate(img[None, None], size=det.shape, mode="area")[0, 0]
+
+
+def _coarsen_volume(vol: Volume, footprint_mm: float) -> Volume:
+    """Box-average ``vol`` per axis to voxels no smaller than ``footprint_mm`` (same extent).
+
+    Each axis is reduced by ``floor(footprint / spacing)`` (so an anisotropic CT, e.g.
+    0.7 x 0.7 x 2.5 mm, is coarsened in-plane first); non-divisible sizes use adaptive
+    average pooling, which still averages every voxel (no aliasing from point sampling).
+    """
+    spacing = vol.spacing
+    factors = [max(1, int(footprint_mm // float(s))) for s in spacing]
+    if all(f == 1 for f in factors):
+        return vol
+    n = torch.tensor(vol.shape, dtype=torch.float64)
+    new_n = torch.tensor([max(1, round(int(a) / f)) for a, f in zip(vol.shape, factors, strict=True)],
+                         dtype=torch.float64)
+    data = F.adaptive_avg_pool3d(vol.data[None, None], tuple(int(v) for v in new_n.tolist()))[0, 0]
+    f = n / new_n
+    m = torch.eye(4, dtype=torch.float64)
+    m[:3, :3] = torch.diag(f)
+    m[:3, 3] = (f - 1.0) / 2.0
+    return Volume(data.contiguous(), vol.affine @ m, vol.kind)
+
+
+def _centroid_mm(img: Tensor, det: Detector, mask: Tensor | None) -> Tensor:
+    """Intensity centroid ``(u, v)`` in mm on the detector of ``(B, H, W)`` images (min removed)."""
+    b = img.shape[0]
+    w = img - img.reshape(b, -1).min(-1).values[:, None, None]
+    if mask is not None:
+        w = w * mask.to(w)
+    dy, dx = (float(s) for s in det.spacing_mm)
+    x0, y0 = (float(p) for p in det.principal_point_mm)
+    v = (torch.arange(det.height, dtype=img.dtype, device=img.device) - (det.height - 1) / 2) * dy + y0
+    u = (torch.arange(det.width, dtype=img.dtype, device=img.device) - (det.width - 1) / 2) * dx + x0
+    total = w.sum((-1, -2)).clamp_min(1e-12)
+    return torch.stack([(w.sum(-2) * u).sum(-1) / total, (w.sum(-1) * v).sum(-1) / total], -1)
 
 
 class Registrar:
@@ -190,19 +292,36 @@ class Registrar:
         self.targets = target_points(vol.center, vol.extent_mm)
         self.success_mtre_mm = success_mtre_mm
         self.levels = self._build_levels(self.config.pyramid)
+        self._search_level_cache: _Level | None = None
 
-    def _build_levels(self, pyramid: tuple[int, ...]) -> list[_Level]:
-        levels = []
-        fine_voxel = float(self.volume.spacing.min())
-        for factor in pyramid:
-            det = self.detector.scaled(factor) if factor > 1 else self.detector
+    def _make_level(self, factor: int) -> _Level:
+        det = self.detector.scaled(factor) if factor > 1 else self.detector
+        vol = self.volume
+        if self.config.downsample_volume:
             # Match the CT voxel to the detector pixel footprint at the isocentre.
             sid, sdd = float(det.sid), float(det.sdd_mm)
             footprint = min(float(s) for s in det.spacing_mm) * sid / sdd
-            k = max(1, int(footprint // fine_voxel))
-            vol = self.volume if k == 1 else self.volume.downsample(k)
-            levels.append(_Level(int(factor), det, vol))
-        return levels
+            vol = _coarsen_volume(self.volume, footprint)
+        return _Level(int(factor), det, vol)
+
+    def _build_levels(self, pyramid: tuple[int, ...]) -> list[_Level]:
+        return [self._make_level(int(f)) for f in pyramid]
+
+    def search_factor(self) -> int:
+        """Detector downsampling of the initial search: ``init_factor``, or the smallest factor
+        (at least the coarsest pyramid level's) that makes the image ``init_size`` px or less."""
+        cfg = self.config
+        if cfg.init_factor is not None:
+            return int(cfg.init_factor)
+        return max(int(cfg.pyramid[0]), math.ceil(max(self.detector.shape) / cfg.init_size))
+
+    def _search_level(self) -> _Level:
+        f = self.search_factor()
+        if int(f) == self.levels[0].factor:
+            return self.levels[0]
+        if self._search_level_cache is None or self._search_level_cache.factor != int(f):
+            self._search_level_cache = self._make_level(int(f))
+        return self._search_level_cache
 
     # ------------------------------------------------------------------ rendering helpers
 
@@ -227,19 +346,34 @@ class Registrar:
 
     # ------------------------------------------------------------------ the optimisation
 
-    def _param_to_pose(self, rot: Tensor, trans: Tensor, base_rot_iso_cam: Tensor) -> Tensor:
-        if self.config.parameterization == "carm":
-            return carm_to_matrix(rot, trans, self.center.to(self.device))
+    def _param_to_pose(self, rot: Tensor, trans: Tensor, base: tuple[Tensor, Tensor]) -> Tensor:
+        kind = self.config.parameterization
+        center = self.center.to(trans)
+        if kind == "carm":
+            return carm_to_matrix(rot, trans, center)
+        if kind == "camera":
+            # x_cam = exp(rot) R0 (x - c) + p_c + trans: rotation about the CT centre.
+            r0, p_c = base
+            r = axis_angle_to_matrix(rot) @ r0
+            t = p_c + trans - (r @ center[:, None])[..., 0]
+            return make_transform(r, t)
+        base_rot_iso_cam = base[0]
         r_iso_cam = base_rot_iso_cam @ axis_angle_to_matrix(rot)
         r_cam_iso = r_iso_cam.transpose(-1, -2)
-        offset = trans - self.center.to(trans)
+        offset = trans - center
         return make_transform(r_cam_iso, (r_cam_iso @ offset[..., None])[..., 0])
 
-    def _initial_params(self, pose: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _initial_params(self, pose: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+        kind = self.config.parameterization
+        if kind == "camera":
+            r0 = pose[..., :3, :3].clone()
+            p_c = (r0 @ self.center.to(pose)[:, None])[..., 0] + pose[..., :3, 3]
+            zeros = torch.zeros_like(p_c)
+            return zeros, zeros.clone(), (r0, p_c)
         angles, trans = matrix_to_carm(pose, self.center.to(pose))
         base = pose[..., :3, :3].transpose(-1, -2)
-        rot = angles.clone() if self.config.parameterization == "carm" else torch.zeros_like(angles)
-        return rot, trans.clone(), base
+        rot = angles.clone() if kind == "carm" else torch.zeros_like(angles)
+        return rot, trans.clone(), (base, base)
 
     def _optimise_level(
         self,
@@ -249,6 +383,8 @@ class Registrar:
         pose: Tensor,
         history: list[float],
         callback: Callable[[int, Tensor, Tensor], None] | None,
+        max_iterations: int | None = None,
+        lr_scale: float = 1.0,
     ) -> tuple[Tensor, Tensor, int, str]:
         """Descend at one level for a batch of poses; return best poses, their losses, iters, reason."""
         cfg = self.config
@@ -256,8 +392,11 @@ class Registrar:
         rot, trans, base = self._initial_params(pose)
         rot.requires_grad_(True)
         trans.requires_grad_(True)
+        d_rot, d_trans = DEFAULT_STEP_SIZES[cfg.optimizer]
+        lr_rot = (d_rot if cfg.lr_rotation is None else cfg.lr_rotation) * lr_scale
+        lr_trans = (d_trans if cfg.lr_translation is None else cfg.lr_translation) * lr_scale
         opt, sched = make_optimizer(
-            cfg.optimizer, [rot], [trans], lr_rotation=cfg.lr_rotation, lr_translation=cfg.lr_translation,
+            cfg.optimizer, [rot], [trans], lr_rotation=lr_rot, lr_translation=lr_trans,
             momentum=cfg.momentum, dampening=cfg.dampening, plateau_patience=cfg.plateau_patience,
             plateau_factor=cfg.plateau_factor,
         )
@@ -265,7 +404,8 @@ class Registrar:
         best_pose = pose.clone()
         stale, reason, it = 0, "max_iterations", 0
         settings = self.settings()
-        for it in range(1, cfg.max_iterations + 1):
+        limit = cfg.iterations_at(-1) if max_iterations is None else max_iterations
+        for it in range(1, limit + 1):
             opt.zero_grad(set_to_none=True)
             current = self._param_to_pose(rot, trans, base)
             drr = render(lvl.volume, current, lvl.detector, settings)
@@ -290,24 +430,74 @@ class Registrar:
                 sched.step(float(loss.detach().sum()))
         return best_pose, best_loss, it, reason
 
-    def _search(self, lvl: _Level, fixed: Tensor, mask: Tensor | None, pose: Tensor) -> Tensor:
-        """Score a batch of perturbed candidates (no gradients); return the best ``init_keep``."""
+    def _center_translation(self, lvl: _Level, fixed: Tensor, mask: Tensor | None, cand: Tensor) -> Tensor:
+        """Shift each candidate in the camera x/y plane so its DRR's centroid meets the fixed one."""
+        det = lvl.detector
+        target = _centroid_mm(fixed[None], det, mask)[0]
+        sdd, sid = float(det.sdd_mm), float(det.sid)
+        center = self.center.to(cand)
+        for _ in range(2):
+            with torch.no_grad():
+                drr = render(lvl.volume, cand, det, self.settings())
+            shift_det = target - _centroid_mm(drr, det, mask)
+            depth = (cand[:, :3, :3] @ center[:, None])[:, 2, 0] + cand[:, 2, 3]  # CT centre z_cam
+            mag = sdd / (sid + depth).clamp_min(0.1 * sid)
+            cand = cand.clone()
+            cand[:, :2, 3] += shift_det / mag[:, None]
+        return cand
+
+    def _candidates(self, pose: Tensor) -> Tensor:
+        """``init_candidates`` poses around ``pose`` (candidate 0 is ``pose`` itself)."""
         cfg = self.config
-        g = torch.Generator().manual_seed(cfg.init_seed)
         n = cfg.init_candidates
-        cand = perturb_pose(
-            pose.expand(n, 4, 4).cpu(), self.center, math.radians(cfg.init_range_deg), cfg.init_range_mm, g
-        )
-        cand[0] = pose.cpu()  # keep the initial guess in the running
+        angles, trans = matrix_to_carm(pose.cpu()[None], self.center)
+        dims = 3 if cfg.init_center else 6
+        sobol = torch.quasirandom.SobolEngine(dims, scramble=True, seed=cfg.init_seed)
+        u = sobol.draw(max(n - 1, 1), dtype=torch.float64)[: n - 1] * 2 - 1
+        da = u[:, :3] * math.radians(cfg.init_range_deg)
+        a = torch.cat([angles, angles + da], 0)
+        t = trans.expand(n, 3).clone()
+        if dims == 6:
+            t[1:] += u[:, 3:] * cfg.init_range_mm
+        return carm_to_matrix(a, t, self.center)
+
+    def _search(self, lvl: _Level, fixed: Tensor, mask: Tensor | None, pose: Tensor,
+                history: list[float] | None = None) -> Tensor:
+        """Widen the capture range: score many candidates, descend the best, return ``init_keep``.
+
+        Returns ``(init_keep, 4, 4)`` poses, best (lowest loss at ``lvl``) first.
+        """
+        cfg = self.config
         sim = get_similarity(cfg.similarity)
+        cand = self._candidates(pose).to(self.device)
+        chunk = 256
+        if cfg.init_center:
+            cand = torch.cat([self._center_translation(lvl, fixed, mask, cand[s : s + chunk])
+                              for s in range(0, cand.shape[0], chunk)])
         scores = []
-        chunk = 64
         with torch.no_grad():
-            for s in range(0, n, chunk):
-                c = cand[s : s + chunk].to(self.device)
-                scores.append(sim(render(lvl.volume, c, lvl.detector, self.settings()), fixed, mask).cpu())
+            for s in range(0, cand.shape[0], chunk):
+                c = cand[s : s + chunk]
+                scores.append(sim(render(lvl.volume, c, lvl.detector, self.settings()), fixed, mask))
         order = torch.cat(scores).argsort(descending=True)
-        return cand[order[: cfg.init_keep]].to(self.device)
+        best = cand[order[: min(cfg.init_refine, cand.shape[0])]]
+        if cfg.init_refine_iterations > 0:
+            hist = [] if history is None else history
+            best, losses, _, _ = self._optimise_level(
+                lvl, fixed, mask, best, hist, None, max_iterations=cfg.init_refine_iterations
+            )
+            best = best[losses.argsort()]
+        return best[: cfg.init_keep]
+
+    def _stage(self, name: str, lvl: _Level, size: int, its: int, reason: str, t0: float, pose: Tensor,
+               truth: Tensor | None, rays: int) -> dict:
+        """One stage's record; ``rays`` counts rendered rays (a load-independent cost measure)."""
+        d = {"stage": name, "image": list(lvl.detector.shape), "ct": list(lvl.volume.shape), "batch": int(size),
+             "iterations": int(its), "reason": reason, "time_s": round(time.perf_counter() - t0, 4),
+             "rays": int(rays)}
+        if truth is not None:
+            d["mtre_best_mm"] = round(float(self.mtre(pose[0].cpu(), truth.cpu())), 3)
+        return d
 
     def register(
         self,
@@ -323,7 +513,8 @@ class Registrar:
         ``fixed`` must already be in DRR-like units (see :func:`prepare_fixed`; it is checked
         again here) and have the detector's full-resolution shape. ``truth`` (``T_cam_ct``)
         adds the mTRE and the success flag to the result. ``callback(iteration, poses,
-        losses)`` is called every iteration (progress bars, convergence curves).
+        losses)`` is called every iteration of the pyramid levels (progress bars,
+        convergence curves); the search's own iterations are in ``history`` but not called back.
         """
         t0 = time.perf_counter()
         cfg = self.config
@@ -336,18 +527,42 @@ class Registrar:
             mask_t = torch.as_tensor(np.asarray(mask)).to(self.device, torch.bool)
             if tuple(mask_t.shape) != self.detector.shape:
                 raise FixedImageError(f"mask is {tuple(mask_t.shape)}, detector expects {self.detector.shape}")
+
+        def at(lvl: _Level) -> tuple[Tensor, Tensor | None]:
+            f = _downsample_image(fixed_t, lvl.detector)
+            m = None if mask_t is None else _downsample_image(mask_t.double(), lvl.detector) > 0.99
+            return f, m
+
         pose = init_pose.to(self.device, torch.float64).reshape(1, 4, 4)
         history: list[float] = []
-        iterations, reason, losses = 0, "no levels", torch.zeros(1)
+        stages: list[dict] = []
+        if cfg.init_search:
+            slvl = self._search_level()
+            ts = time.perf_counter()
+            pose = self._search(slvl, *at(slvl), pose[0], history)
+            px = slvl.detector.height * slvl.detector.width
+            renders = cfg.init_candidates * (3 if cfg.init_center else 1)
+            renders += min(cfg.init_refine, cfg.init_candidates) * len(history)
+            stages.append(self._stage("search", slvl, cfg.init_candidates, len(history), "done", ts, pose, truth,
+                                      renders * px))
+        iterations, reason, losses = len(history), "no levels", torch.zeros(1)
         for i, lvl in enumerate(self.levels):
-            fixed_l = _downsample_image(fixed_t, lvl.detector)
-            mask_l = None if mask_t is None else _downsample_image(mask_t.double(), lvl.detector) > 0.99
-            if i == 0 and cfg.init_search:
-                pose = self._search(lvl, fixed_l, mask_l, pose[0])
+            ts = time.perf_counter()
+            fixed_l, mask_l = at(lvl)
+            # Candidates arrive sorted best first (search, or the sort below).
+            pose = pose[: cfg.keep_at(i)]
             # All candidates descend together (one batched render per step); the choice
             # between them is made at the finest level, where the similarity is most telling.
-            pose, losses, its, reason = self._optimise_level(lvl, fixed_l, mask_l, pose, history, callback)
+            pose, losses, its, reason = self._optimise_level(
+                lvl, fixed_l, mask_l, pose, history, callback, max_iterations=cfg.iterations_at(i),
+                lr_scale=cfg.level_lr_decay**i,
+            )
+            order = losses.argsort()
+            pose, losses = pose[order], losses[order]
             iterations += its
+            px = lvl.detector.height * lvl.detector.width
+            stages.append(self._stage(f"level x{lvl.factor}", lvl, pose.shape[0], its, reason, ts, pose, truth,
+                                      pose.shape[0] * its * px))
             if reason.startswith("diverged"):
                 break
         final = pose[losses.argmin()]
@@ -381,6 +596,7 @@ class Registrar:
             accepted=accepted,
             verdict=verdict,
             history=history,
+            stages=stages,
         )
         if truth is not None:
             result.mtre_mm = float(self.mtre(result.pose, truth.cpu()))

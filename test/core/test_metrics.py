@@ -22,12 +22,29 @@ def test_similarity_maximal_for_identical_and_invariant_to_affine_intensity(name
     sim = m.get_similarity(name)
     a = _img()
     same = sim(a, a[0])
-    scaled = sim(3.0 * a + 7.0, a[0])
     other = sim(_img(seed=1), a[0])
-    torch.testing.assert_close(same, scaled, atol=1e-6, rtol=0)
     assert float(same) > float(other)
+    if name == "mse":  # raw L2: not intensity invariant, by design
+        torch.testing.assert_close(same, torch.zeros(1, dtype=D))
+        assert float(sim(3.0 * a + 7.0, a[0])) < float(same)
+        return
+    scaled = sim(3.0 * a + 7.0, a[0])
+    torch.testing.assert_close(same, scaled, atol=1e-6, rtol=0)
     if name != "l2":
         torch.testing.assert_close(same, torch.ones(1, dtype=D), atol=1e-6, rtol=0)
+
+
+def test_zscored_l2_is_an_affine_function_of_zncc():
+    a, b = _img(seed=2, shape=(4, 32, 32)), _img(seed=3)[0]
+    torch.testing.assert_close(-m.neg_l2(a, b), 2 - 2 * m.zncc(a, b), atol=1e-6, rtol=0)
+
+
+def test_mse_values_and_mask():
+    x = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]], dtype=D)
+    y = torch.tensor([[1.0, 2.0], [3.0, 6.0]], dtype=D)
+    torch.testing.assert_close(m.neg_mse(x, y), torch.tensor([-1.0], dtype=D))
+    mask = torch.tensor([[True, True], [True, False]])
+    torch.testing.assert_close(m.neg_mse(x, y, mask), torch.tensor([0.0], dtype=D))
 
 
 def test_zncc_values():

@@ -53,3 +53,27 @@ def test_unknown_optimizer_and_scheduler():
     _, sched = make_optimizer("adam", [torch.zeros(1, requires_grad=True)], [torch.zeros(1, requires_grad=True)],
                               plateau_patience=3)
     assert sched is not None
+
+
+def test_plateau_is_absolute_so_small_steps_near_a_match_do_not_halve_the_rate():
+    # Near a match -ZNCC is ~ -1 and improves by ~1e-5 per step: torch's default relative
+    # threshold (1e-4 * |loss|) would call that a plateau and halve the steps again and again.
+    p = torch.zeros(1, requires_grad=True)
+    q = torch.zeros(1, requires_grad=True)
+    opt, sched = make_optimizer("adam", [p], [q], lr_rotation=0.01, lr_translation=1.0, plateau_patience=3)
+    for i in range(20):
+        sched.step(-0.99 - 1e-5 * i)
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 1.0]
+    for _ in range(5):  # a true plateau still halves them
+        sched.step(-0.99)
+    assert [g["lr"] for g in opt.param_groups] == [0.005, 0.5]
+
+
+def test_default_step_sizes_cover_every_optimizer():
+    from diffdrr_ros.core.optimizers import DEFAULT_STEP_SIZES
+
+    assert set(DEFAULT_STEP_SIZES) == set(OPTIMIZERS)
+    for name, (rot, trans) in DEFAULT_STEP_SIZES.items():
+        assert rot > 0 and trans > 0
+        if name != "adam":  # per unit gradient: translation gradients are ~1000x smaller per mm
+            assert trans / rot > 1000

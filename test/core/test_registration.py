@@ -19,11 +19,15 @@ from diffdrr_ros.core.registration import (
 )
 
 DET = Detector(48, 48, spacing_mm=(8.0, 8.0), sdd_mm=1020.0, sid_mm=750.0)
+DET32 = Detector(32, 32, spacing_mm=(12.0, 12.0), sdd_mm=1020.0, sid_mm=750.0)
+# A small search keeps the file fast on 2 cores; the studies measure the full defaults.
+FAST = dict(pyramid=(2, 1), init_candidates=64, init_refine=8, init_refine_iterations=15, max_iterations=60,
+            patience=10)
 
 
 @pytest.fixture(scope="module")
 def registrar():
-    return Registrar(make_phantom("head_small"), DET, RegistrationConfig(pyramid=(2, 1)), device="cpu")
+    return Registrar(make_phantom("head_small"), DET, RegistrationConfig(**FAST), device="cpu")
 
 
 def test_recovers_a_known_pose_from_a_moderate_start(registrar):
@@ -43,7 +47,7 @@ def test_quality_gate_rejects_a_bad_match(registrar):
     fixed = registrar.render(truth[None])[0]
     noise = torch.Generator().manual_seed(0)
     garbage = torch.rand(fixed.shape, generator=noise, dtype=torch.float64)  # nothing like the CT
-    cfg = RegistrationConfig(pyramid=(1,), max_iterations=5)
+    cfg = RegistrationConfig(pyramid=(1,), max_iterations=5, init_search=False)
     reg = Registrar(make_phantom("head_tiny"), DET, cfg, device="cpu")
     result = reg.register(garbage, truth)
     assert not result.accepted
@@ -51,7 +55,7 @@ def test_quality_gate_rejects_a_bad_match(registrar):
 
 
 def test_init_search_returns_better_scored_candidates():
-    cfg = RegistrationConfig(pyramid=(2, 1), init_search=True, init_candidates=64, init_keep=4)
+    cfg = RegistrationConfig(**{**FAST, "init_refine_iterations": 5}, init_search=True, init_keep=4)
     reg = Registrar(make_phantom("head_small"), DET, cfg, device="cpu")
     truth = reg.pose_from_carm([0.0, 0.2, 0.0], [0.0, 0.0, 0.0])
     level = reg.levels[0]
@@ -102,3 +106,96 @@ def test_perturb_pose_stays_in_bounds(registrar):
     a, t = matrix_to_carm(out, registrar.center)
     assert ((a - a0).abs().max() <= math.radians(45) + 1e-9) and ((t - t0).abs().max() <= 60.0 + 1e-9)
     assert (a - a0).abs().max() > math.radians(35)  # actually spreads
+
+
+@pytest.fixture(scope="module")
+def small32():
+    vol = make_phantom("head_small")
+    searching = Registrar(vol, DET32, RegistrationConfig(**FAST), device="cpu")
+    plain = Registrar(vol, DET32, RegistrationConfig(**FAST, init_search=False), device="cpu")
+    truth = searching.pose_from_carm([0.1, 0.25, -0.05], [4.0, -6.0, 3.0])
+    return searching, plain, truth, searching.render(truth[None])[0]
+
+
+def test_init_search_recovers_a_start_that_plain_descent_does_not(small32):
+    searching, plain, truth, fixed = small32
+    # ~29 deg cranial, ~29 deg RAO, ~23 deg detector roll and 40/40/30 mm off: beyond the basin.
+    init = searching.pose_from_carm([0.6, -0.25, 0.35], [44.0, -46.0, 33.0])
+    found = searching.register(fixed, init, truth=truth)
+    lost = plain.register(fixed, init, truth=truth)
+    assert found.success and found.mtre_mm < 1.0, found.stages
+    assert lost.mtre_mm > 5.0  # the local optimum the search is there for
+    assert [st["stage"] for st in found.stages] == ["search", "level x2", "level x1"]
+    assert found.stages[0]["batch"] == 64 and found.stages[1]["batch"] == 2 and found.stages[2]["batch"] == 1
+    assert found.stages[0]["image"] == [16, 16] and found.stages[0]["rays"] > 64 * 256
+    assert found.iterations == len(found.history) == sum(st["iterations"] for st in found.stages)
+
+
+@pytest.mark.parametrize("kind", ["camera", "so3", "carm"])
+def test_parameterisations_start_at_the_given_pose_and_move_it(kind):
+    reg = Registrar(make_phantom("head_tiny"), DET32, RegistrationConfig(parameterization=kind), device="cpu")
+    pose = reg.pose_from_carm([0.2, -0.4, 0.1], [10.0, -5.0, 20.0]).expand(3, 4, 4).clone()
+    rot, trans, base = reg._initial_params(pose)
+    torch.testing.assert_close(reg._param_to_pose(rot, trans, base), pose)
+    moved = reg._param_to_pose(rot, trans + torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), base)
+    assert float(reg.mtre(moved[0], pose[0])) == pytest.approx(1.0, abs=1e-6)  # a pure 1 mm shift
+
+
+def test_camera_parameterisation_rotates_about_the_ct_centre():
+    reg = Registrar(make_phantom("head_tiny"), DET32, RegistrationConfig(parameterization="camera"), device="cpu")
+    pose = reg.pose_from_carm([0.2, -0.4, 0.1], [30.0, -25.0, 20.0])[None]
+    rot, trans, base = reg._initial_params(pose)
+    turned = reg._param_to_pose(rot + torch.tensor([0.0, 0.3, 0.0], dtype=torch.float64), trans, base)
+    c = torch.cat([reg.center, torch.ones(1, dtype=torch.float64)])
+    torch.testing.assert_close(turned[0] @ c, pose[0] @ c)  # the CT centre stays where it was
+    assert not torch.allclose(turned, pose)
+
+
+def test_centring_moves_the_drr_centroid_onto_the_fixed_one(small32):
+    from diffdrr_ros.core.registration import _centroid_mm
+
+    searching, _, truth, fixed = small32
+    lvl = searching.levels[-1]
+    off = searching.pose_from_carm([0.1, 0.25, -0.05], [60.0, -6.0, -50.0])  # far off in x and z
+    target = _centroid_mm(fixed[None], lvl.detector, None)[0]
+    before = _centroid_mm(searching.render(off[None]), lvl.detector, None)[0]
+    centred = searching._center_translation(lvl, fixed, None, off[None])
+    after = _centroid_mm(searching.render(centred), lvl.detector, None)[0]
+    assert float((before - target).norm()) > 30.0
+    assert float((after - target).norm()) < 3.0  # mm on the detector, a quarter of a pixel
+    assert float(searching.mtre(centred[0], truth)) < float(searching.mtre(off, truth))
+
+
+def test_coarse_levels_average_the_ct_per_axis():
+    from diffdrr_ros.core.registration import _coarsen_volume
+    from diffdrr_ros.core.volume import Volume
+
+    data = torch.rand(40, 40, 12, generator=torch.Generator().manual_seed(0))
+    vol = Volume(data, torch.diag(torch.tensor([0.7, 0.7, 2.5, 1.0], dtype=torch.float64)), "mu")
+    coarse = _coarsen_volume(vol, 2.8)  # 4x in-plane, 1x along the 2.5 mm slices
+    assert coarse.shape == (10, 10, 12)
+    torch.testing.assert_close(coarse.center, vol.center)
+    torch.testing.assert_close(coarse.extent_mm, vol.extent_mm)
+    torch.testing.assert_close(coarse.data.mean(), data.mean(), rtol=1e-5, atol=1e-6)
+    assert _coarsen_volume(vol, 0.5) is vol
+
+
+def test_the_search_runs_on_a_small_image_whatever_the_detector():
+    vol = make_phantom("head_tiny")
+    big = Registrar(vol, Detector(100, 80, spacing_mm=(4.0, 4.0)), RegistrationConfig(), device="cpu")
+    assert big.search_factor() == 7 and big._search_level().detector.shape == (14, 11)
+    assert Registrar(vol, DET32, RegistrationConfig(), device="cpu").search_factor() == 2  # = pyramid[0]
+    fixed = Registrar(vol, DET32, RegistrationConfig(init_factor=4), device="cpu")
+    assert fixed.search_factor() == 4 and fixed._search_level().detector.shape == (8, 8)
+
+
+def test_config_validation_and_level_schedules():
+    cfg = RegistrationConfig(pyramid=(4, 2, 1), init_keep=4, max_iterations=(10, 20, 30))
+    assert [cfg.keep_at(i) for i in range(3)] == [4, 2, 1]
+    assert [cfg.iterations_at(i) for i in range(3)] == [10, 20, 30]
+    assert RegistrationConfig(pyramid=(4, 2, 1), level_keep=(8, 8, 8)).keep_at(2) == 8
+    assert [RegistrationConfig().keep_at(i) for i in range(2)] == [2, 1]
+    for bad in (dict(level_keep=(4, 2, 1)), dict(max_iterations=(10, 20, 30)), dict(parameterization="euler"),
+                dict(level_lr_decay=0.0), dict(init_candidates=0), dict(similarity="nope"), dict(pyramid=())):
+        with pytest.raises(ValueError):
+            RegistrationConfig(**bad)
