@@ -59,7 +59,8 @@ def main() -> int:
     sim = Simulator(volume, det, t_start=1000.0)
     targets = target_points(volume.center, volume.extent_mm)
     log = Path(tempfile.mkdtemp()) / "node.log"
-    node = NodeProcess({"ct_path": f"phantom:{args.phantom}", "device": args.device, "image.i0": sim.style.i0}, log)
+    node = NodeProcess({"ct_path": f"phantom:{args.phantom}", "device": args.device, "image.i0": sim.style.i0,
+                        "image.detector_blur_px": sim.style.blur_sigma_px}, log)
     client = GraphClient()
     rows = []
     try:

@@ -74,7 +74,8 @@ def run_demo(out_dir: Path, n_frames: int = 16, period_s: float = 1.0, phantom: 
     print(f"== DRR of the built-in phantom '{phantom}' {volume.shape} -> {out_dir / 'drr.png'}")
 
     print(f"== registration node (separate process), simulated C-arm: {n_frames} frames at {1 / period_s:g} Hz")
-    node = NodeProcess({"ct_path": f"phantom:{phantom}", "device": device, "image.i0": sim.style.i0},
+    node = NodeProcess({"ct_path": f"phantom:{phantom}", "device": device, "image.i0": sim.style.i0,
+                        "image.detector_blur_px": sim.style.blur_sigma_px},
                        out_dir / "node.log")
     client = GraphClient()
     targets = target_points(volume.center, volume.extent_mm)

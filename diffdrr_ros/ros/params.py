@@ -53,6 +53,8 @@ PARAMS: list[Param] = [
     Param("image.log_transform", True, "frames are raw intensities: register -log(I/I0)"),
     Param("image.i0", 0.0, "unattenuated intensity I0 for the log transform (0: frame maximum)", False, (0.0, 1e9)),
     Param("image.invert", False, "negate frames after the log transform"),
+    Param("image.detector_blur_px", 0.0, "detector PSF (Gaussian sigma, pixels) applied to the DRRs; calibrate it: "
+          "an unmodelled blur biases the depth", False, (0.0, 20.0)),
     Param("image.mask_dark_fraction", 0.02, "with the log transform, ignore pixels darker than this fraction of "
           "I0 (collimator, no exposure)", False, (0.0, 0.5)),
     # Registration

@@ -198,7 +198,7 @@ class RegistrationNode(Node):
             lr_rotation=get("registration.lr_rotation") * scale,
             lr_translation=get("registration.lr_translation") * scale,
             max_iterations=get("registration.max_iterations"), pyramid=tuple(int(f) for f in pyramid),
-            min_similarity=get("registration.min_similarity"),
+            min_similarity=get("registration.min_similarity"), drr_blur_sigma_px=get("image.detector_blur_px"),
             init_search=wide and bool(get("registration.init_search_first_frame")),
         )
 

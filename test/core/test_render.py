@@ -199,17 +199,20 @@ def test_cpu_equals_cuda():
 
 
 def test_blur_setting_is_a_normalised_gaussian_psf():
+    from diffdrr_ros.core.render import gaussian_blur
+
     vol = _random_volume(seed=5)
     det = Detector(15, 15, spacing_mm=(4.0, 4.0), sdd_mm=900.0)
     pose = carm_to_matrix(torch.zeros(3, dtype=D), torch.zeros(3, dtype=D), vol.center)
+    vol = Volume(vol.data * 0.02, vol.affine, "mu")  # attenuation-like values: optical depths of order 1
     sharp = render(vol, pose, det)
     blurred = render(vol, pose, det, blur_sigma_px=1.0)
     assert not torch.allclose(sharp, blurred)
-    torch.testing.assert_close(blurred.sum(), sharp.sum(), rtol=0.05, atol=0)  # mass kept (up to borders)
+    # The PSF acts on the transmitted intensity: photons are kept (up to the borders).
+    torch.testing.assert_close(torch.exp(-blurred).sum(), torch.exp(-sharp).sum(), rtol=0.02, atol=0)
+    torch.testing.assert_close(blurred, -torch.log(gaussian_blur(torch.exp(-sharp)[None], 1.0)[0]))
     impulse = torch.zeros(1, 9, 9, dtype=D)
     impulse[0, 4, 4] = 1.0
-    from diffdrr_ros.core.render import gaussian_blur
-
     psf = gaussian_blur(impulse, 1.0)[0]
     torch.testing.assert_close(psf.sum(), torch.tensor(1.0, dtype=D))
     assert psf[4, 4] == psf.max() and torch.allclose(psf, psf.T) and torch.allclose(psf, psf.flip(0))
