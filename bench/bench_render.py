@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import gc
 import json
 import math
 import os
@@ -72,26 +70,7 @@ LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
 # --------------------------------------------------------------------------------------
 
 
-def _rss_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    """Release freed memory and reset the peak-RSS mark (Linux >= 4.0); False if not possible."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+from diffdrr_ros.studies.timing import reset_peak_rss, status_kb  # noqa: E402  (shared with the Table 1 study)
 
 
 def _setup_common(args: argparse.Namespace):
@@ -215,8 +194,8 @@ def worker(args: argparse.Namespace) -> dict:
         from diffdrr_ros.studies.timing import warm_kernels
 
         warm_kernels(vol.data.dtype, RenderSettings(method=args.method, n_samples=args.samples), vol.data.device)
-    reset_ok = _reset_peak()
-    base_kb = _rss_kb("VmRSS")
+    reset_ok = reset_peak_rss()
+    base_kb = status_kb("VmRSS")
     t0 = time.perf_counter()
     img = fwd()  # first call: ours makes its volume layout copy here
     first_s = time.perf_counter() - t0
@@ -227,7 +206,7 @@ def worker(args: argparse.Namespace) -> dict:
         try:
             if name == "fwd_bwd":
                 fn()  # warm-up
-                reset_ok = _reset_peak()  # forward + backward's own peak
+                reset_ok = reset_peak_rss()  # forward + backward's own peak
             started = time.perf_counter()
             for i in range(args.repeats):
                 t0 = time.perf_counter()
@@ -237,7 +216,7 @@ def worker(args: argparse.Namespace) -> dict:
                     break  # slow configuration: fewer repeats
         except (MemoryError, RuntimeError) as exc:  # e.g. out of memory under --mem-limit-gb
             errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-        peak_kb = _rss_kb("VmHWM") if reset_ok else None
+        peak_kb = status_kb("VmHWM") if reset_ok else None
         peaks[name] = (peak_kb - base_kb) / 1024 if peak_kb and base_kb else None
     if args.image_out:
         np.save(args.image_out, img.detach().to(torch.float64).numpy())

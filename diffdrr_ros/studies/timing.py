@@ -97,7 +97,8 @@ def _seed_value(size: int, patch: int | None) -> tuple[float, float] | None:
 # --------------------------------------------------------------------------------------
 
 
-def _status_kb(field: str) -> int | None:
+def status_kb(field: str) -> int | None:
+    """A memory field of /proc/self/status (VmRSS, VmHWM ...) in kB, or None off Linux."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -107,7 +108,8 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
-def _reset_peak() -> bool:
+def reset_peak_rss() -> bool:
+    """Release freed memory and reset the peak-RSS mark (Linux >= 4.0); False if not possible."""
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -227,8 +229,8 @@ def measure(opts: dict) -> dict:
         sync()
 
     warm_kernels(vol.data.dtype, settings, device)  # load compiled kernels outside the measurement
-    reset_ok = _reset_peak()
-    base_kb = _status_kb("VmRSS")
+    reset_ok = reset_peak_rss()
+    base_kb = status_kb("VmRSS")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated()
@@ -240,7 +242,7 @@ def measure(opts: dict) -> dict:
     for name, fn in jobs:
         if name == "fwd_bwd":  # peak of forward + backward on its own (it keeps per-ray Jacobians)
             fn()
-            reset_ok = _reset_peak()
+            reset_ok = reset_peak_rss()
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             fn()
@@ -260,7 +262,7 @@ def measure(opts: dict) -> dict:
         if cuda:
             out[f"{name}_peak_mb"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
         else:
-            peak = _status_kb("VmHWM") if reset_ok else None
+            peak = status_kb("VmHWM") if reset_ok else None
             out[f"{name}_peak_mb"] = (peak - base_kb) / 1024 if peak and base_kb else None
     out["peak_mb"] = out["fwd_peak_mb"]
     out["peak_kind"] = ("cuda max_memory_allocated over set-up" if cuda else
