@@ -36,11 +36,11 @@ from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
 from ..core.geometry import Detector
-from ..core.kinematics import CArmJoints, default_prior, initial_pose, iso_from_ct, propagate_pose
+from ..core.kinematics import CArmJoints, cam_from_iso, default_prior, initial_pose, iso_from_ct, propagate_pose
 from ..core.overlay import overlay
 from ..core.phantoms import make_phantom
 from ..core.registration import FixedImageError, Registrar, RegistrationConfig, RegistrationResult, prepare_fixed
-from ..core.rotations import make_transform, rot_x, rot_y, rot_z
+from ..core.rotations import invert_transform, make_transform, rot_x, rot_y, rot_z
 from ..core.volume import Volume, VolumeLoadError, load_volume
 from .conversions import (
     ImageConversionError,
@@ -118,6 +118,7 @@ class RegistrationNode(Node):
         for p in PARAMS:
             self.declare_parameter(p.name, p.default, p.descriptor())
         self.stats = NodeStats()
+        self._slot = LatestSlot()  # the frame waiting for the worker (latest wins)
         self._lock = threading.Lock()
         self._joint_buffer: deque[tuple[float, CArmJoints]] = deque(maxlen=200)
         self._last_good: tuple[torch.Tensor, CArmJoints] | None = None
@@ -166,7 +167,6 @@ class RegistrationNode(Node):
         self.create_timer(self._p("diagnostics_period_s"), self._publish_diagnostics)
         self._publish_static()
 
-        self._slot = LatestSlot()
         self._running = True
         self._worker = threading.Thread(target=self._work, name="registration", daemon=True)
         self._worker.start()
@@ -443,9 +443,6 @@ class RegistrationNode(Node):
             stamped_transform(tf, self.frames["world"], self.frames["carm"], stamp)]))
 
     def _publish_pose(self, iso_ct: torch.Tensor, joints: CArmJoints, stamp) -> None:
-        from ..core.kinematics import cam_from_iso
-        from ..core.rotations import invert_transform
-
         sid = float(self.detector.sid)
         iso_source = invert_transform(cam_from_iso(joints)) @ make_transform(
             torch.eye(3, dtype=torch.float64), torch.tensor([0.0, 0.0, -sid], dtype=torch.float64))
@@ -474,7 +471,7 @@ class RegistrationNode(Node):
             values = {
                 "frames_received": s.frames_received, "frames_registered": s.frames_registered,
                 "frames_published": s.frames_published, "frames_rejected": s.frames_rejected,
-                "frames_replaced_while_busy": self._slot.replaced if hasattr(self, "_slot") else 0,
+                "frames_replaced_while_busy": self._slot.replaced,
                 "last_rejection": s.last_rejection, "device": str(self.registrar.device), **s.last,
             }
             status = DiagnosticStatus(level=s.level, name="diffdrr_ros: registration", message=s.message,
