@@ -62,3 +62,30 @@ def pytest_report_header(config: pytest.Config) -> str:
         f"ROS_AUTOMATIC_DISCOVERY_RANGE={os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE']} "
         f"python={sys.executable}"
     )
+
+
+def read_setup_kwargs() -> dict:
+    """The keyword arguments setup.py passes to setuptools.setup(), globs evaluated in the repo."""
+    import runpy
+    from pathlib import Path
+    from unittest import mock
+
+    import setuptools
+
+    repo = Path(__file__).resolve().parents[1]
+    captured: dict = {}
+    cwd = os.getcwd()
+    os.chdir(repo)
+    try:
+        with mock.patch.object(setuptools, "setup", lambda **kw: captured.update(kw)):
+            runpy.run_path(str(repo / "setup.py"), run_name="__main__")
+    finally:
+        os.chdir(cwd)
+    assert captured, "setup.py did not call setuptools.setup()"
+    return captured
+
+
+@pytest.fixture(scope="session")
+def setup_kwargs() -> dict:
+    """:func:`read_setup_kwargs`, once per session."""
+    return read_setup_kwargs()

@@ -8,14 +8,12 @@ colcon (scripts/setup.sh --with-colcon), and there a missing colcon fails instea
 from __future__ import annotations
 
 import os
-import runpy
 import shutil
 import subprocess
 from pathlib import Path
-from unittest import mock
 
 import pytest
-import setuptools
+from conftest import read_setup_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = "diffdrr_ros"
@@ -91,15 +89,7 @@ def test_colcon_installs_package_xml_and_ament_index_marker(colcon_install):
 
 
 def _console_script_names() -> list[str]:
-    captured: dict = {}
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        with mock.patch.object(setuptools, "setup", lambda **kw: captured.update(kw)):
-            runpy.run_path(str(REPO / "setup.py"), run_name="__main__")
-    finally:
-        os.chdir(cwd)
-    specs = captured.get("entry_points", {}).get("console_scripts", [])
+    specs = read_setup_kwargs().get("entry_points", {}).get("console_scripts", [])
     return [spec.split("=", 1)[0].strip() for spec in specs]
 
 

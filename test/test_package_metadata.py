@@ -10,15 +10,12 @@ import importlib.metadata
 import importlib.util
 import os
 import re
-import runpy
 import sys
 import sysconfig
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from unittest import mock
 
 import pytest
-import setuptools
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = REPO / "diffdrr_ros"
@@ -52,19 +49,6 @@ ROSDEP_KEYS = {
 }
 
 
-@pytest.fixture(scope="module")
-def setup_kwargs() -> dict:
-    """The keyword arguments setup.py passes to setuptools.setup(), globs evaluated in REPO."""
-    captured: dict = {}
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        with mock.patch.object(setuptools, "setup", lambda **kw: captured.update(kw)):
-            runpy.run_path(str(REPO / "setup.py"), run_name="__main__")
-    finally:
-        os.chdir(cwd)
-    assert captured, "setup.py did not call setuptools.setup()"
-    return captured
 
 
 @pytest.fixture(scope="module")
