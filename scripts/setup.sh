@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-command, idempotent setup of a diffdrr_ros development environment.
 #
-#   bash scripts/setup.sh [--with-colcon]
+#   bash scripts/setup.sh [--with-colcon] [--gpu]
 #
 # VENV (default: <repo>/.venv) is the virtual environment to create or update.
 #
@@ -16,6 +16,8 @@
 # $VENV/bin/diffdrr-ros).
 #
 # --with-colcon  also make sure `colcon` is on PATH (apt-get install when root on Debian/Ubuntu).
+# --gpu          also install requirements/gpu.txt (numba's CUDA target, for the CUDA kernels)
+#                and check that they see a GPU (torch itself must be a CUDA build: see there).
 #
 # A stamp in the venv holds a hash of everything the setup depends on; when it matches and the
 # quick checks pass, nothing is installed again.
@@ -29,6 +31,7 @@ STAMP="$VENV/.setup-stamp"
 TF2_STAMP="$VENV/.tf2_msgs-stamp"
 LOGDIR="$VENV/setup-logs"
 WITH_COLCON=0
+WITH_GPU=0
 
 log() { printf '[setup] %s\n' "$*"; }
 warn() { printf '[setup] WARNING: %s\n' "$*" >&2; }
@@ -40,6 +43,7 @@ die() {
 for arg in "$@"; do
     case "$arg" in
         --with-colcon) WITH_COLCON=1 ;;
+        --gpu) WITH_GPU=1 ;;
         -h | --help)
             sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
             exit 0
@@ -264,5 +268,18 @@ fi
 
 if [[ "$WITH_COLCON" -eq 1 ]]; then
     ensure_colcon
+fi
+if [[ "$WITH_GPU" -eq 1 ]]; then
+    mkdir -p "$LOGDIR"
+    log "pip install requirements/gpu.txt (log $LOGDIR/pip-gpu.log)"
+    pip_install gpu -r "$REPO/requirements/gpu.txt"
+    if (cd / && "$VENV/bin/python" -c '
+import sys, torch
+from diffdrr_ros.core import cuda_kernels
+sys.exit(0 if torch.cuda.is_available() and cuda_kernels.ready(torch.device("cuda")) else 1)'); then
+        log "CUDA kernels ready"
+    else
+        warn "CUDA kernels not usable here (no GPU, a CPU build of torch, or no driver): rendering stays on the CPU"
+    fi
 fi
 log "done in ${SECONDS}s"

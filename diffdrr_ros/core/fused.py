@@ -32,8 +32,7 @@ import torch
 from torch import Tensor
 
 from .layout import KernelRays, run_chunked
-from .raymarch import _raymarch_kernel
-from .siddon import _siddon_kernel
+from .ray_kernels import raymarch_rays_cpu, siddon_rays_cpu
 
 
 @numba.njit(nogil=True, cache=True)
@@ -138,7 +137,7 @@ class _FusedRender(torch.autograd.Function):
         if method == "siddon":
 
             def chunk(lo: int, hi: int) -> None:
-                _siddon_kernel(rays.vol, rays.src[lo:hi], rays.tgt[lo:hi], s_val[lo:hi],
+                siddon_rays_cpu(rays.vol, rays.src[lo:hi], rays.tgt[lo:hi], s_val[lo:hi],
                                jac[lo:hi] if want_jac else jac, want_jac)
 
         else:
@@ -146,7 +145,7 @@ class _FusedRender(torch.autograd.Function):
             step = float(step_voxels) if n_samples is None else 0.0
 
             def chunk(lo: int, hi: int) -> None:
-                _raymarch_kernel(rays.vol, rays.src[lo:hi], rays.tgt[lo:hi], n_fixed, step, s_val[lo:hi],
+                raymarch_rays_cpu(rays.vol, rays.src[lo:hi], rays.tgt[lo:hi], n_fixed, step, s_val[lo:hi],
                                  jac[lo:hi] if want_jac else jac, want_jac)
 
         run_chunked(chunk, n)

@@ -14,7 +14,8 @@ numba path keeps six float64 per ray).
 Two paths: on the CPU (``backend="numba"``) each tile goes through :mod:`.fused`, which
 builds the rays, runs the Siddon/trilinear kernel and chains the gradient to the pose in
 numba, so that PyTorch only handles 4 x 4 matrices and the image (see there for why);
-when a detector intrinsic requires a gradient, and with ``backend="torch"`` (CUDA), the
+when a detector intrinsic requires a gradient, on CUDA (``backend="cuda"``: the same
+kernels compiled for the GPU, :mod:`.cuda_kernels`) and with the ``"torch"`` references, the
 rays are built with PyTorch operations and autograd does the chaining. Both give the same
 images and pose gradients (``test/core/test_kernel_layout.py``). Speed and memory:
 ``docs/benchmarks.md``.
@@ -33,6 +34,7 @@ from jaxtyping import Float
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from . import cuda_kernels
 from .fused import render_rays_fused
 from .geometry import Detector, detector_points
 from .raymarch import raymarch
@@ -40,7 +42,7 @@ from .rotations import apply_transform, invert_transform
 from .siddon import siddon
 
 METHODS = ("siddon", "trilinear")
-BACKENDS = ("auto", "numba", "torch")
+BACKENDS = ("auto", "numba", "cuda", "torch")
 
 
 class VolumeLike(Protocol):
@@ -71,16 +73,22 @@ def _bytes_per_ray(method: str, backend: str, shape: tuple[int, ...], n_samples:
         if method == "siddon":
             return 72 * (sum(shape) + 5)  # several float tensors per plane crossing + sort
         return 48 * n_samples
+    if backend == "cuda":
+        return 512  # rays built by PyTorch (a few N x 3 tensors kept for autograd), output, Jacobian
     return 256  # fused kernels: end points (and their reordered copies), output, Jacobian; float64
 
 
-def _resolve_backend(backend: str, device: torch.device) -> str:
+def _resolve_backend(backend: str, device: torch.device, volume_needs_grad: bool = False) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     if backend == "auto":
-        return "numba" if device.type == "cpu" else "torch"
+        if device.type == "cpu":
+            return "torch" if volume_needs_grad else "numba"
+        return "cuda" if cuda_kernels.ready(device, volume_needs_grad) else "torch"
     if backend == "numba" and device.type != "cpu":
-        raise ValueError("the numba kernels run on the CPU only; use backend='torch' on CUDA")
+        raise ValueError("the numba kernels run on the CPU only; use backend='cuda' or 'torch' on CUDA")
+    if backend == "cuda" and device.type != "cuda" and not cuda_kernels.simulating():
+        raise ValueError("backend='cuda' needs the volume on a CUDA device")
     return backend
 
 
@@ -109,7 +117,8 @@ class RenderSettings:
 
     Attributes:
         method: ``"siddon"`` (exact) or ``"trilinear"`` (ray marching).
-        backend: ``"auto"``, ``"numba"`` (CPU kernels) or ``"torch"`` (any device).
+        backend: ``"auto"``, ``"numba"`` (CPU kernels), ``"cuda"`` (the same kernels on a
+            GPU, :mod:`.cuda_kernels`) or ``"torch"`` (reference, any device).
         n_samples: trilinear samples per ray; ``None`` chooses them per ray so that
             consecutive samples are ``step_voxels`` voxels apart along the dominant axis.
         step_voxels: see ``n_samples``; 1 is within 2e-4 of a converged integral on a
@@ -208,7 +217,7 @@ def render(
     device = data.device
     dtype = pose.dtype if pose.dtype in (torch.float32, torch.float64) else torch.float32
     pose = pose.to(device=device, dtype=dtype)
-    backend = _resolve_backend(settings.backend, device)
+    backend = _resolve_backend(settings.backend, device, data.requires_grad)
     n_samples = settings.n_samples or math.ceil(max(data.shape) / settings.step_voxels)  # for the budget
     grid_from_ct = grid_from_ct_transform(volume.affine).to(device=device, dtype=dtype)
     t_ct_cam = invert_transform(pose)

@@ -189,13 +189,26 @@ def test_renderer_wrapper_and_intensity():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (checked on the lent GPU only)")
-def test_cpu_equals_cuda():
+@pytest.mark.parametrize("method", ["siddon", "trilinear"])
+@pytest.mark.parametrize("backend", ["auto", "cuda", "torch"])
+def test_cpu_equals_cuda(method, backend):
+    """Images and pose gradients on the GPU equal the CPU's (CUDA kernels and torch references)."""
+    from diffdrr_ros.core import cuda_kernels
+
+    if backend == "cuda" and not cuda_kernels.available():
+        pytest.skip("numba's CUDA target is not installed (requirements/gpu.txt)")
     vol = _random_volume(seed=4)
     det = Detector(16, 16, spacing_mm=(3.0, 3.0), sdd_mm=900.0)
-    pose = carm_to_matrix(torch.tensor([0.2, 0.1, 0.0], dtype=D), torch.zeros(3, dtype=D), vol.center)
-    cpu = render(vol, pose, det)
-    gpu = render(vol.to("cuda"), pose.cuda(), det)
-    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-6, rtol=1e-6)
+    weights = torch.linspace(-1, 1, 256, dtype=D).reshape(16, 16)
+    out = {}
+    for device, be in (("cpu", "auto"), ("cuda", backend)):
+        pose = carm_to_matrix(torch.tensor([0.2, 0.1, 0.0], dtype=D), torch.zeros(3, dtype=D), vol.center)
+        pose = pose.to(device).requires_grad_()
+        img = render(vol.to(device), pose, det, RenderSettings(method=method, backend=be, n_samples=24))
+        (img[0] * weights.to(device)).sum().backward()
+        out[device] = (img.detach().cpu(), pose.grad.cpu())
+    torch.testing.assert_close(out["cuda"][0], out["cpu"][0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out["cuda"][1], out["cpu"][1], atol=1e-6, rtol=1e-5)
 
 
 def test_blur_setting_is_a_normalised_gaussian_psf():
