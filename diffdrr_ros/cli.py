@@ -132,8 +132,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     fixed = prepare_fixed(frame, log_transform=args.log_transform, invert=args.invert)
     det = _detector(args, tuple(fixed.shape))
     cfg = RegistrationConfig(optimizer=args.optimizer, similarity=args.similarity,
-                             pyramid=tuple(args.pyramid), max_iterations=args.max_iterations,
-                             init_search=args.init_search)
+                             max_iterations=args.max_iterations, init_search=args.init_search,
+                             **({"pyramid": tuple(args.pyramid)} if args.pyramid else {}))
     reg = Registrar(vol, det, cfg, device=args.device)
     init = reg.pose_from_carm(*_pose_args(args.init))
     truth = reg.pose_from_carm(*_pose_args(args.truth)) if args.truth else None
@@ -232,9 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", type=float, nargs=6, default=None, help="ground-truth pose, to report the mTRE")
     p.add_argument("--optimizer", choices=["adam", "gd", "gdm", "gddm"], default="adam")
     p.add_argument("--similarity", default="zncc", help="zncc, l2, pncc, mncc, gncc, mncc+gncc")
-    p.add_argument("--pyramid", type=int, nargs="+", default=[4, 2, 1], help="detector downsampling factors")
+    p.add_argument("--pyramid", type=int, nargs="+", default=None,
+                   help="detector downsampling factors, coarse to fine (default: the core's, 2 1)")
     p.add_argument("--max-iterations", type=int, default=150, help="per pyramid level")
-    p.add_argument("--init-search", action="store_true", help="batch search around --init first (wider capture)")
+    p.add_argument("--init-search", action=argparse.BooleanOptionalAction, default=True,
+                   help="batch search around --init first (capture range +-45 deg / +-60 mm; default on)")
     p.add_argument("--log-transform", action="store_true", help="frame holds raw intensities: use -log(I/I0)")
     p.add_argument("--invert", action="store_true", help="negate the frame")
     p.add_argument("--json", type=Path, default=None, help="write the result as JSON")

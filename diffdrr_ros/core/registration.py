@@ -293,6 +293,9 @@ class Registrar:
         self.targets = target_points(vol.center, vol.extent_mm)
         self.success_mtre_mm = success_mtre_mm
         self.levels = self._build_levels(self.config.pyramid)
+        self._level_cache: dict[tuple[int, ...], list[_Level]] = {
+            tuple(int(f) for f in self.config.pyramid): self.levels
+        }
         self._search_level_cache: _Level | None = None
 
     def _make_level(self, factor: int) -> _Level:
@@ -307,6 +310,19 @@ class Registrar:
 
     def _build_levels(self, pyramid: tuple[int, ...]) -> list[_Level]:
         return [self._make_level(int(f)) for f in pyramid]
+
+    def use_pyramid(self, pyramid: tuple[int, ...]) -> None:
+        """Switch to another detector pyramid, building each level's CT (and DRR settings) once.
+
+        Callers that alternate between pyramids (the ROS node: a wide first frame, then
+        tracking frames) keep the prepared levels: they are cached per pyramid here.
+        :meth:`register` calls it with its config's pyramid. A level depends on the detector
+        and on ``downsample_volume`` as well: change those with a new :class:`Registrar`.
+        """
+        key = tuple(int(f) for f in pyramid)
+        if key not in self._level_cache:
+            self._level_cache[key] = self._build_levels(key)
+        self.levels = self._level_cache[key]
 
     def search_factor(self) -> int:
         """Detector downsampling of the initial search: ``init_factor``, or the smallest factor
@@ -520,6 +536,7 @@ class Registrar:
         """
         t0 = time.perf_counter()
         cfg = self.config
+        self.use_pyramid(cfg.pyramid)  # the config may have been swapped since the last call
         fixed_t = prepare_fixed(fixed)
         if tuple(fixed_t.shape) != self.detector.shape:
             raise FixedImageError(f"image is {tuple(fixed_t.shape)}, detector expects {self.detector.shape}")

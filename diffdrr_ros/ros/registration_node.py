@@ -143,7 +143,6 @@ class RegistrationNode(Node):
         except (RuntimeError, ValueError) as exc:
             raise StartupError(str(exc)) from exc
         self.prior = self._prior(volume)
-        self._levels = {tuple(self.registrar.config.pyramid): self.registrar.levels}
         self.get_logger().info(
             f"CT {self._p('ct_path')} {volume.shape} voxels, detector {self.detector.shape}, "
             f"device {self.registrar.device}, pyramid {self._p('registration.pyramid')}")
@@ -313,7 +312,6 @@ class RegistrationNode(Node):
             self.get_logger().info(f"detector from CameraInfo: {det}")
             self.detector = det
             self.registrar = Registrar(self.registrar.volume, det, self.registrar.config, device=self.registrar.device)
-            self._levels = {tuple(self.registrar.config.pyramid): self.registrar.levels}
 
     def _process(self, msg: Image, t_in: float) -> None:
         self._update_intrinsics()
@@ -404,18 +402,13 @@ class RegistrationNode(Node):
                                f"{latency * 1000:.0f} ms frame-to-TF")
 
     def _register(self, fixed, init, config: RegistrationConfig, mask) -> RegistrationResult:
-        self.registrar.config = config
-        key = tuple(config.pyramid)
-        if key not in self._levels:  # CT pyramids are built once per pyramid and kept
-            self._levels[key] = self.registrar._build_levels(key)
-        self.registrar.levels = self._levels[key]
+        self.registrar.config = config  # its CT pyramids are built once per pyramid and kept
         try:
             return self.registrar.register(fixed, init, mask=mask)
         except torch.OutOfMemoryError:
             self.get_logger().error("CUDA out of memory: falling back to the CPU for the rest of the run")
             torch.cuda.empty_cache()
             self.registrar = Registrar(self.registrar.volume, self.detector, config, device="cpu")
-            self._levels = {key: self.registrar.levels}
             return self.registrar.register(fixed, init, mask=mask)
 
     # ------------------------------------------------------------------ outputs

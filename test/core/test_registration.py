@@ -189,6 +189,21 @@ def test_the_search_runs_on_a_small_image_whatever_the_detector():
     assert fixed.search_factor() == 4 and fixed._search_level().detector.shape == (8, 8)
 
 
+def test_pyramids_are_built_once_and_follow_the_config():
+    reg = Registrar(make_phantom("head_tiny"), DET32, RegistrationConfig(pyramid=(2, 1)), device="cpu")
+    first = reg.levels
+    reg.use_pyramid((4, 2, 1))
+    assert [lv.factor for lv in reg.levels] == [4, 2, 1]
+    assert [lv.detector.shape for lv in reg.levels] == [(8, 8), (16, 16), (32, 32)]
+    wide = reg.levels
+    reg.use_pyramid([2, 1])
+    assert reg.levels is first  # cached, not rebuilt
+    reg.config = RegistrationConfig(pyramid=(4, 2, 1), init_search=False, max_iterations=1)
+    fixed = reg.render(reg.pose_from_carm((0.0, 0.0, 0.0), (0.0, 0.0, 0.0)))
+    reg.register(fixed.numpy(), reg.pose_from_carm((0.0, 0.0, 0.0), (0.0, 0.0, 0.0)))
+    assert reg.levels is wide  # register() follows a swapped config's pyramid
+
+
 def test_config_validation_and_level_schedules():
     cfg = RegistrationConfig(pyramid=(4, 2, 1), init_keep=4, max_iterations=(10, 20, 30))
     assert [cfg.keep_at(i) for i in range(3)] == [4, 2, 1]
