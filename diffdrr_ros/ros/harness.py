@@ -16,6 +16,7 @@ from pathlib import Path
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
@@ -92,10 +93,12 @@ class GraphClient:
         self.static: list[TFMessage] = []
         self.overlays: list[Image] = []
         self.diags: list[DiagnosticArray] = []
+        self.poses: list[PoseWithCovarianceStamped] = []
         self.node.create_subscription(TFMessage, "/tf", lambda m: self.tf.append((time.monotonic(), m)), 100)
         self.node.create_subscription(TFMessage, "/tf_static", self.static.append, TF_STATIC_QOS)
         self.node.create_subscription(Image, f"{node_name}/overlay", self.overlays.append, 5)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diags.append, 50)
+        self.node.create_subscription(PoseWithCovarianceStamped, f"{node_name}/ct_pose", self.poses.append, 10)
         self.reregister = self.node.create_client(Trigger, f"{node_name}/reregister")
         self.reset = self.node.create_client(Trigger, f"{node_name}/reset")
 
@@ -122,6 +125,13 @@ class GraphClient:
                 s = tr.header.stamp.sec + 1e-9 * tr.header.stamp.nanosec
                 if abs(s - stamp_sec) < 1e-6 and tr.child_frame_id == child:
                     return t_rx, tr
+        return None
+
+    def pose_for(self, stamp_sec: float) -> PoseWithCovarianceStamped | None:
+        """The ``~/ct_pose`` message stamped ``stamp_sec`` (s), or None."""
+        for msg in self.poses:
+            if abs(msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec - stamp_sec) < 1e-6:
+                return msg
         return None
 
     def diag_saying(self, text: str, after: int = 0):

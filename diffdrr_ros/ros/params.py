@@ -70,6 +70,8 @@ PARAMS: list[Param] = [
     Param("registration.max_similarity_drop", 0.002, "tracking quality gate: reject a ZNCC this far below the median "
           "of the last accepted frames (then re-register from the joints)", False, (0.0, 2.0)),
     Param("registration.init_search_first_frame", True, "batch search around the joint-state pose on wide captures"),
+    Param("registration.covariance", True, "publish the pose covariance from the loss curvature (2 x 13 "
+          "full-resolution DRRs per pose; a lower bound, see core/uncertainty.py); false: zeros = unknown"),
     Param("registration.min_similarity", 0.9, "quality gate: final ZNCC below this is not published", False,
           (-1.0, 1.0)),
     # Joint states

@@ -41,6 +41,7 @@ from ..core.overlay import overlay
 from ..core.phantoms import make_phantom
 from ..core.registration import FixedImageError, Registrar, RegistrationConfig, RegistrationResult, prepare_fixed
 from ..core.rotations import invert_transform, make_transform, rot_x, rot_y, rot_z
+from ..core.uncertainty import pose_covariance
 from ..core.volume import Volume, VolumeLoadError, load_volume
 from .conversions import (
     ImageConversionError,
@@ -390,7 +391,8 @@ class RegistrationNode(Node):
                          level=DiagnosticStatus.WARN)
             return
         iso_ct = iso_from_ct(result.pose, joints)
-        self._publish_pose(iso_ct, joints, msg.header.stamp)
+        self._publish_tf(iso_ct, joints, msg.header.stamp)  # first: the covariance costs 26 DRRs
+        self._publish_pose(iso_ct, msg.header.stamp, self._covariance(fixed, result, joints, mask, info))
         with self._lock:
             self._last_good = (result.pose, joints)
             self._recent_zncc.append(result.zncc)
@@ -435,7 +437,24 @@ class RegistrationNode(Node):
         self.tf_static_pub.publish(TFMessage(transforms=[
             stamped_transform(tf, self.frames["world"], self.frames["carm"], stamp)]))
 
-    def _publish_pose(self, iso_ct: torch.Tensor, joints: CArmJoints, stamp) -> None:
+    def _covariance(self, fixed, result: RegistrationResult, joints: CArmJoints, mask, info: dict) -> list[float]:
+        """Row-major 6 x 6 covariance for ``~/ct_pose`` (REP-103 units, isocentre axes); zeros = unknown."""
+        if not self._p("registration.covariance"):
+            return [0.0] * 36
+        try:
+            cov = pose_covariance(self.registrar, fixed, result.pose, mask)
+        except (ValueError, RuntimeError) as exc:
+            self.get_logger().warning(f"pose covariance not computed ({exc}); publishing zeros (unknown)")
+            return [0.0] * 36
+        sig = cov.sigma_mm
+        info.update(sigma_inplane_mm=f"{float(sig[:2].max()):.3f}", sigma_depth_mm=f"{float(sig[2]):.3f}",
+                    sigma_rotation_deg=f"{float(cov.sigma_deg.max()):.4f}")
+        r_iso_cam = invert_transform(cam_from_iso(joints))[:3, :3]
+        c = cov.about_origin(r_iso_cam)  # mm, rad
+        scale = torch.tensor([1e-3] * 3 + [1.0] * 3, dtype=c.dtype)  # mm -> m for the translation rows/columns
+        return (scale[:, None] * c * scale[None, :]).reshape(-1).tolist()
+
+    def _publish_tf(self, iso_ct: torch.Tensor, joints: CArmJoints, stamp) -> None:
         sid = float(self.detector.sid)
         iso_source = invert_transform(cam_from_iso(joints)) @ make_transform(
             torch.eye(3, dtype=torch.float64), torch.tensor([0.0, 0.0, -sid], dtype=torch.float64))
@@ -443,11 +462,13 @@ class RegistrationNode(Node):
             stamped_transform(iso_ct, self.frames["carm"], self.frames["ct"], stamp),
             stamped_transform(iso_source, self.frames["carm"], self.frames["source"], stamp),
         ]))
+
+    def _publish_pose(self, iso_ct: torch.Tensor, stamp, covariance: list[float]) -> None:
         pose = PoseWithCovarianceStamped()
         pose.header.stamp = stamp
         pose.header.frame_id = self.frames["carm"]
         pose.pose.pose = matrix_to_pose(iso_ct)
-        pose.pose.covariance = [0.0] * 36  # unknown (REP-145 convention: all zeros)
+        pose.pose.covariance = covariance
         self.pose_pub.publish(pose)
 
     def _publish_overlay(self, frame: np.ndarray, fixed: torch.Tensor, result: RegistrationResult, msg: Image) -> None:

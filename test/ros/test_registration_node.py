@@ -22,11 +22,11 @@ from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import Trigger
 
 from diffdrr_ros.core.geometry import Detector
-from diffdrr_ros.core.kinematics import CArmJoints, initial_pose
+from diffdrr_ros.core.kinematics import CArmJoints, cam_from_iso, initial_pose
 from diffdrr_ros.core.metrics import mean_target_registration_error, target_points
 from diffdrr_ros.core.phantoms import make_phantom
 from diffdrr_ros.core.render import render, to_intensity
-from diffdrr_ros.core.rotations import make_transform, rot_z
+from diffdrr_ros.core.rotations import invert_transform, make_transform, rot_z
 from diffdrr_ros.ros.conversions import (
     JointNames,
     array_to_image,
@@ -133,6 +133,21 @@ def test_good_frame_registers_within_2mm(system):
     assert client.spin_until(lambda: client.diag_saying("registered", 0) is not None, 5.0)
     assert client.diag_saying("registered", 0).level == DiagnosticStatus.OK
     assert client.static and client.static[0].transforms[0].child_frame_id == "carm_isocenter"
+    # ~/ct_pose: the same pose, with a covariance (m, rad; isocentre axes) whose largest
+    # translation variance lies along the beam (single-view depth).
+    assert client.spin_until(lambda: client.pose_for(100) is not None, 5.0)
+    msg = client.pose_for(100)
+    assert msg.header.frame_id == "carm_isocenter"
+    assert abs(msg.pose.pose.position.x - tf.transform.translation.x) < 1e-9
+    cov = np.array(msg.pose.covariance).reshape(6, 6)
+    np.testing.assert_allclose(cov, cov.T, atol=1e-15)
+    assert np.linalg.eigvalsh(cov).min() > 0
+    beam = (invert_transform(cam_from_iso(JOINTS))[:3, :3] @ torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)).numpy()
+    _, evecs = np.linalg.eigh(cov[:3, :3])
+    assert abs(evecs[:, -1] @ beam) > 0.9  # the least certain direction is the beam's
+    assert 0 < np.sqrt(beam @ cov[:3, :3] @ beam) < 0.01  # under 10 mm of depth uncertainty, in metres
+    status = client.diag_saying("registered", 0)
+    assert float({kv.key: kv.value for kv in status.values}["sigma_depth_mm"]) > 0
 
 
 def test_tracking_frame_after_c_arm_motion(system):
