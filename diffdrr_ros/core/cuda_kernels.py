@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .ray_kernels import compile_ray_functions, raymarch_ray, retarget, siddon_ray
+from .ray_kernels import compile_ray_functions, raymarch_ray, retarget, sampling_args, siddon_ray, store_ray
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,7 @@ def _siddon_kernel(flat, nx, ny, nz, src, tgt, out, jac, want_jac):  # pragma: n
     if r < src.shape[0]:
         res = siddon_ray(flat, nx, ny, nz, src[r, 0], src[r, 1], src[r, 2], tgt[r, 0], tgt[r, 1], tgt[r, 2],
                          want_jac)
-        out[r] = res[0]
-        if want_jac:
-            jac[r, 0] = res[1]
-            jac[r, 1] = res[2]
-            jac[r, 2] = res[3]
-            jac[r, 3] = res[4]
-            jac[r, 4] = res[5]
-            jac[r, 5] = res[6]
+        store_ray(out, jac, r, res, want_jac)
 
 
 def _raymarch_kernel(flat, nx, ny, nz, src, tgt, n_fixed, step, out, jac, want_jac):  # pragma: no cover
@@ -87,14 +80,7 @@ def _raymarch_kernel(flat, nx, ny, nz, src, tgt, n_fixed, step, out, jac, want_j
     if r < src.shape[0]:
         res = raymarch_ray(flat, nx, ny, nz, src[r, 0], src[r, 1], src[r, 2], tgt[r, 0], tgt[r, 1], tgt[r, 2],
                            n_fixed, step, want_jac)
-        out[r] = res[0]
-        if want_jac:
-            jac[r, 0] = res[1]
-            jac[r, 1] = res[2]
-            jac[r, 2] = res[3]
-            jac[r, 3] = res[4]
-            jac[r, 4] = res[5]
-            jac[r, 5] = res[6]
+        store_ray(out, jac, r, res, want_jac)
 
 
 @functools.cache
@@ -104,8 +90,9 @@ def _kernels() -> tuple[Callable, Callable]:
 
     dev = compile_ray_functions(functools.partial(cuda_module.jit, device=True))
     return (
-        retarget(_siddon_kernel, cuda_module.jit, cuda=cuda_module, siddon_ray=dev.siddon_ray),
-        retarget(_raymarch_kernel, cuda_module.jit, cuda=cuda_module, raymarch_ray=dev.raymarch_ray),
+        retarget(_siddon_kernel, cuda_module.jit, cuda=cuda_module, siddon_ray=dev.siddon_ray, store_ray=dev.store_ray),
+        retarget(_raymarch_kernel, cuda_module.jit, cuda=cuda_module, raymarch_ray=dev.raymarch_ray,
+                 store_ray=dev.store_ray),
     )
 
 
@@ -205,9 +192,7 @@ def raymarch_cuda(
     step_voxels: float = 1.0,
 ) -> Float[Tensor, " N"]:
     """Trilinear marching on the GPU (``n_samples`` per ray, or per-ray counts from ``step_voxels``)."""
-    n_fixed = 0 if n_samples is None else int(n_samples)
-    step = float(step_voxels) if n_samples is None else 0.0
-    return _TraceCuda.apply(data, src, tgt, "trilinear", n_fixed, step)
+    return _TraceCuda.apply(data, src, tgt, "trilinear", *sampling_args(n_samples, step_voxels))
 
 
 #: Outcome of the one-time check of :func:`ready` (None: not checked yet).

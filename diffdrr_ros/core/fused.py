@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .layout import KernelRays, run_chunked
-from .ray_kernels import raymarch_rays_cpu, siddon_rays_cpu
+from .ray_kernels import raymarch_rays_cpu, sampling_args, siddon_rays_cpu
 
 
 @numba.njit(nogil=True, cache=True)
@@ -141,8 +141,7 @@ class _FusedRender(torch.autograd.Function):
                                jac[lo:hi] if want_jac else jac, want_jac)
 
         else:
-            n_fixed = 0 if n_samples is None else int(n_samples)
-            step = float(step_voxels) if n_samples is None else 0.0
+            n_fixed, step = sampling_args(n_samples, step_voxels)
 
             def chunk(lo: int, hi: int) -> None:
                 raymarch_rays_cpu(rays.vol, rays.src[lo:hi], rays.tgt[lo:hi], n_fixed, step, s_val[lo:hi],

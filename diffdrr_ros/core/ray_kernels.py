@@ -121,6 +121,8 @@ def siddon_ray(flat, nx, ny, nz, sx, sy, sz, tx, ty, tz, want_jac):  # pragma: n
     v = np.float64(flat[idx])
     acc = 0.0
     a_cur = amin
+    # Two copies of the walk, forward only and with the jump bookkeeping: one loop with
+    # ``if want_jac`` inside measured 8-9 % slower in both modes (LLVM does not unswitch it).
     if not want_jac:  # forward only: no jump bookkeeping
         while True:
             if nxt_x <= nxt_y and nxt_x <= nxt_z:
@@ -355,6 +357,25 @@ def raymarch_ray(flat, nx, ny, nz, sx, sy, sz, tx, ty, tz, n_fixed, step, want_j
     )
 
 
+def store_ray(out, jac, r, res, want_jac):  # pragma: no cover - compiled
+    """Write a per-ray result ``(S, dS/dsrc, dS/dtgt)`` to ``out[r]`` and (when ``want_jac``) ``jac[r]``."""
+    out[r] = res[0]
+    if want_jac:
+        jac[r, 0] = res[1]
+        jac[r, 1] = res[2]
+        jac[r, 2] = res[3]
+        jac[r, 3] = res[4]
+        jac[r, 4] = res[5]
+        jac[r, 5] = res[6]
+
+
+def sampling_args(n_samples: int | None, step_voxels: float) -> tuple[int, float]:
+    """``(n_fixed, step)`` of :func:`raymarch_ray` for ``n_samples`` per ray, or per-ray counts (``None``)."""
+    if n_samples is None:
+        return 0, float(step_voxels)
+    return int(n_samples), 0.0
+
+
 # ---------------------------------------------------------------------------------------
 # Compilation for a target
 # ---------------------------------------------------------------------------------------
@@ -366,6 +387,7 @@ class RayFunctions(NamedTuple):
     clip_to_box: Callable
     siddon_ray: Callable
     raymarch_ray: Callable
+    store_ray: Callable
 
 
 def retarget(fn: Callable, jit: Callable, **helpers: object) -> Callable:
@@ -391,12 +413,14 @@ def compile_ray_functions(jit: Callable, jit_sampling: Callable | None = None) -
         clip_to_box=clip,
         siddon_ray=retarget(siddon_ray, jit, clip_to_box=clip),
         raymarch_ray=retarget(raymarch_ray, jit, clip_to_box=clip, face_motion=face, march_samples=samples),
+        store_ray=retarget(store_ray, jit),
     )
 
 
 CPU = compile_ray_functions(numba.njit(nogil=True), numba.njit(nogil=True, fastmath=CPU_FASTMATH))
 _siddon_ray_cpu = CPU.siddon_ray
 _raymarch_ray_cpu = CPU.raymarch_ray
+_store_ray_cpu = CPU.store_ray
 
 
 @numba.njit(nogil=True, cache=True)
@@ -411,10 +435,7 @@ def siddon_rays_cpu(vol, src, tgt, out, jac, want_jac):  # pragma: no cover - co
     for r in range(src.shape[0]):
         res = _siddon_ray_cpu(flat, nx, ny, nz, src[r, 0], src[r, 1], src[r, 2],
                               tgt[r, 0], tgt[r, 1], tgt[r, 2], want_jac)
-        out[r] = res[0]
-        if want_jac:
-            for q in range(6):
-                jac[r, q] = res[q + 1]
+        _store_ray_cpu(out, jac, r, res, want_jac)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -425,7 +446,4 @@ def raymarch_rays_cpu(vol, src, tgt, n_fixed, step, out, jac, want_jac):  # prag
     for r in range(src.shape[0]):
         res = _raymarch_ray_cpu(flat, nx, ny, nz, src[r, 0], src[r, 1], src[r, 2],
                                 tgt[r, 0], tgt[r, 1], tgt[r, 2], n_fixed, step, want_jac)
-        out[r] = res[0]
-        if want_jac:
-            for q in range(6):
-                jac[r, q] = res[q + 1]
+        _store_ray_cpu(out, jac, r, res, want_jac)

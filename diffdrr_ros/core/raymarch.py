@@ -38,7 +38,7 @@ from torch import Tensor
 
 from . import cuda_kernels
 from .layout import KernelRays, run_chunked
-from .ray_kernels import COUNT_SLACK, raymarch_rays_cpu
+from .ray_kernels import COUNT_SLACK, raymarch_rays_cpu, sampling_args
 from .siddon import _box_clip
 
 
@@ -110,8 +110,7 @@ class _RaymarchNumba(torch.autograd.Function):
         n = src_np.shape[0]
         out = np.empty(n, dtype=np.float64)
         jac = np.empty((n, 6) if want_jac else (1, 6), dtype=np.float64)
-        n_fixed = 0 if n_samples is None else int(n_samples)
-        step = float(step_voxels) if n_samples is None else 0.0
+        n_fixed, step = sampling_args(n_samples, step_voxels)
 
         def chunk(lo: int, hi: int) -> None:
             raymarch_rays_cpu(rays.vol, rays.src[lo:hi], rays.tgt[lo:hi], n_fixed, step, out[lo:hi],
