@@ -27,6 +27,7 @@ setup(
         "console_scripts": [
             "diffdrr-ros = diffdrr_ros.cli:main",
             "registration_node = diffdrr_ros.ros.registration_node:main",
+            "managed_registration_node = diffdrr_ros.ros.managed_registration_node:main",
             "carm_simulator = diffdrr_ros.ros.carm_simulator:main",
         ],
     },

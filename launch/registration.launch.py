@@ -3,16 +3,25 @@
     ros2 launch diffdrr_ros registration.launch.py
     ros2 launch diffdrr_ros registration.launch.py ct_path:=/data/ct_series device:=cuda namespace:=carm1
 
+    ros2 launch diffdrr_ros registration.launch.py managed:=true                 # lifecycle node, unconfigured
+    ros2 launch diffdrr_ros registration.launch.py managed:=true autostart:=true  # ... configured and activated
+
 Launch arguments: params_file (default: the package's config/registration.yaml), ct_path
-(overrides the file's; empty keeps it), device, namespace, use_sim_time (for bag replay).
+(overrides the file's; empty keeps it), device, namespace, use_sim_time (for bag replay),
+managed (start the lifecycle variant, managed_registration_node, for a lifecycle manager)
+and autostart (with managed: configure it, then activate it once inactive).
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from lifecycle_msgs.msg import Transition
 
 from launch import LaunchDescription
 
@@ -25,17 +34,28 @@ def _node(context, *args, **kwargs):
     device = LaunchConfiguration("device").perform(context)
     if device:
         overrides["device"] = device
-    return [
-        Node(
-            package="diffdrr_ros",
-            executable="registration_node",
-            name="diffdrr_registration",
-            namespace=LaunchConfiguration("namespace"),
-            parameters=[LaunchConfiguration("params_file"), overrides],
-            output="screen",
-            emulate_tty=True,
-        )
-    ]
+    common = dict(
+        package="diffdrr_ros",
+        name="diffdrr_registration",
+        namespace=LaunchConfiguration("namespace"),
+        parameters=[LaunchConfiguration("params_file"), overrides],
+        output="screen",
+        emulate_tty=True,
+    )
+    if LaunchConfiguration("managed").perform(context).lower() != "true":
+        return [Node(executable="registration_node", **common)]
+    node = LifecycleNode(executable="managed_registration_node", **common)
+    if LaunchConfiguration("autostart").perform(context).lower() != "true":
+        return [node]
+
+    def change(transition_id):
+        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition_id))
+
+    activate_when_inactive = RegisterEventHandler(
+        OnStateTransition(target_lifecycle_node=node, goal_state="inactive",
+                          entities=[change(Transition.TRANSITION_ACTIVATE)])
+    )
+    return [node, activate_when_inactive, change(Transition.TRANSITION_CONFIGURE)]
 
 
 def generate_launch_description():
@@ -47,6 +67,9 @@ def generate_launch_description():
             DeclareLaunchArgument("device", default_value="", description="auto, cpu, cuda; empty: file's"),
             DeclareLaunchArgument("namespace", default_value="", description="namespace for the node's topics"),
             DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock (bag replay)"),
+            DeclareLaunchArgument("managed", default_value="false", description="start the lifecycle (managed) node"),
+            DeclareLaunchArgument("autostart", default_value="false",
+                                  description="with managed: configure, then activate"),
             OpaqueFunction(function=_node),
         ]
     )

@@ -22,8 +22,25 @@ def _console_scripts() -> dict[str, str]:
 
 
 def _node_calls(path: Path) -> list[ast.Call]:
+    """``Node(...)`` and ``LifecycleNode(...)`` calls, their ``**name`` keywords spliced in from
+    ``name = dict(...)`` in the same file."""
     tree = ast.parse(path.read_text())
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "Node"]
+    dicts = {
+        n.targets[0].id: n.value for n in ast.walk(tree)
+        if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name)
+        and isinstance(n.value, ast.Call) and getattr(n.value.func, "id", "") == "dict"
+    }
+    calls = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Call) and getattr(n.func, "id", "") in ("Node", "LifecycleNode"):
+            keywords = []
+            for k in n.keywords:
+                if k.arg is None and isinstance(k.value, ast.Name) and k.value.id in dicts:
+                    keywords += dicts[k.value.id].keywords
+                else:
+                    keywords.append(k)
+            calls.append(ast.Call(func=n.func, args=n.args, keywords=keywords))
+    return calls
 
 
 def _kw(call: ast.Call, name: str):
@@ -50,10 +67,17 @@ def test_launch_file_executables_and_parameters_exist(path):
         for d in [e for e in getattr(params, "elts", []) if isinstance(e, ast.Dict)]:
             for key in d.keys:
                 name = ast.literal_eval(key)
-                known = declared | {"use_sim_time"} if exe == "registration_node" else sim_params | {"use_sim_time"}
+                registration = exe in ("registration_node", "managed_registration_node")
+                known = (declared if registration else sim_params) | {"use_sim_time"}
                 assert name in known, f"{path.name}: {exe} has no parameter {name!r}"
     for ref in re.findall(r'"(config)", "([\w.]+)"', path.read_text()):
         assert (REPO / ref[0] / ref[1]).is_file()
+
+
+def test_registration_launch_offers_the_plain_and_the_managed_node():
+    calls = _node_calls(REPO / "launch" / "registration.launch.py")
+    assert {ast.literal_eval(_kw(c, "executable")) for c in calls} == {"registration_node", "managed_registration_node"}
+    assert all(ast.literal_eval(_kw(c, "name")) == "diffdrr_registration" for c in calls)
 
 
 def test_registration_yaml_is_the_generated_one():

@@ -13,6 +13,8 @@ Interfaces (names relative to the node's namespace; see README):
 * services ``~/reregister`` and ``~/reset`` (std_srvs/Trigger).
 
 Frames arriving while a registration runs replace the waiting one (latest wins).
+:class:`RegistrationNode` is active from construction; :class:`ManagedRegistrationNode` is the
+same node as a lifecycle node (``managed_registration_node``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.lifecycle import Node as LifecycleNode
+from rclpy.lifecycle import State as LifecycleState
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -111,14 +116,24 @@ def load_ct(path: str, spacing: list[float], downsample: int) -> Volume:
         raise StartupError(f"cannot load CT {path!r}: {exc}") from exc
 
 
-class RegistrationNode(Node):
-    """See the module docstring. ``main()`` runs it."""
+class RegistrationGlue:
+    """Everything of the registration node except how it is brought up (see the module docstring).
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__("diffdrr_registration", **kwargs)
+    Mixed into a plain :class:`rclpy.node.Node` (:class:`RegistrationNode`: configured and
+    active from construction) and into a managed :class:`rclpy.lifecycle.Node`
+    (:class:`ManagedRegistrationNode`: the transitions call the same steps):
+
+    * :meth:`_declare` - parameters and state (construction);
+    * :meth:`_configure` - CT, registrar, publishers, services, parameter callbacks,
+      diagnostics timer (``configure``);
+    * :meth:`_activate` - static TF, subscriptions, worker thread (``activate``);
+    * :meth:`_deactivate` / :meth:`_cleanup` - the reverse.
+    """
+
+    def _declare(self) -> None:
         for p in PARAMS:
             self.declare_parameter(p.name, p.default, p.descriptor())
-        self.stats = NodeStats()
+        self.stats = NodeStats(message="inactive (not configured)")
         self._slot = LatestSlot()  # the frame waiting for the worker (latest wins)
         self._lock = threading.Lock()
         self._joint_buffer: deque[tuple[float, CArmJoints]] = deque(maxlen=200)
@@ -127,7 +142,14 @@ class RegistrationNode(Node):
         self._last_stamp = -math.inf
         self._wide_next = True
         self._camera_info: CameraInfo | None = None
+        self._running = False
+        self._worker: threading.Thread | None = None
+        self._subscriptions_held: list = []
+        self._configured: list = []  # publishers, services, timers, callbacks made by _configure
+        self.registrar: Registrar | None = None
 
+    def _configure(self) -> None:
+        """Load the CT and build everything but the inputs; raises :class:`StartupError`."""
         self.joint_names = JointNames(
             lao=self._p("joints.lao"), cranial=self._p("joints.cranial"),
             detector_rotation=self._p("joints.detector_rotation"), sdd=self._p("joints.sdd"),
@@ -153,23 +175,72 @@ class RegistrationNode(Node):
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/ct_pose", 10)
         self.overlay_pub = self.create_publisher(Image, "~/overlay", 2)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._configured = [
+            ("publisher", self.tf_pub), ("publisher", self.tf_static_pub), ("publisher", self.pose_pub),
+            ("publisher", self.overlay_pub), ("publisher", self.diag_pub),
+            ("service", self.create_service(Trigger, "~/reregister", self._on_reregister)),
+            ("service", self.create_service(Trigger, "~/reset", self._on_reset)),
+            ("timer", self.create_timer(self._p("diagnostics_period_s"), self._publish_diagnostics)),
+        ]
+        # rclpy stores the bound methods themselves: remove exactly these objects on cleanup.
+        self._param_callbacks = (self._validate_parameters, self._apply_parameters)
+        self.add_on_set_parameters_callback(self._param_callbacks[0])
+        self.add_post_set_parameters_callback(self._param_callbacks[1])
+        self._configured += [("on_set", self._param_callbacks[0]), ("post_set", self._param_callbacks[1])]
+        with self._lock:
+            self.stats.message = "inactive (configured)"
+
+    def _activate(self) -> None:
+        """Publish the static TF, subscribe to the inputs, start the worker."""
+        self._publish_static()
         image_qos = qos_profile_sensor_data
         if self._p("qos.image_reliability") == "reliable":
             image_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-        self.create_subscription(Image, self._p("topics.image"), self._on_image, image_qos)
-        self.create_subscription(JointState, self._p("topics.joint_states"), self._on_joints, 50)
+        self._subscriptions_held = [
+            self.create_subscription(Image, self._p("topics.image"), self._on_image, image_qos),
+            self.create_subscription(JointState, self._p("topics.joint_states"), self._on_joints, 50),
+        ]
         if self._p("use_camera_info"):
-            self.create_subscription(CameraInfo, self._p("topics.camera_info"), self._on_camera_info, 5)
-        self.create_service(Trigger, "~/reregister", self._on_reregister)
-        self.create_service(Trigger, "~/reset", self._on_reset)
-        self.add_on_set_parameters_callback(self._validate_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
-        self.create_timer(self._p("diagnostics_period_s"), self._publish_diagnostics)
-        self._publish_static()
-
+            self._subscriptions_held.append(
+                self.create_subscription(CameraInfo, self._p("topics.camera_info"), self._on_camera_info, 5))
+        with self._lock:
+            self.stats.level, self.stats.message = DiagnosticStatus.OK, "waiting for frames"
+            self._wide_next = True  # (re)activation: the first frame gets the wide search again
+            self._last_good = None
         self._running = True
         self._worker = threading.Thread(target=self._work, name="registration", daemon=True)
         self._worker.start()
+
+    def _deactivate(self) -> None:
+        """Stop taking frames: unsubscribe, finish the frame in hand, stop the worker."""
+        for sub in self._subscriptions_held:
+            self.destroy_subscription(sub)
+        self._subscriptions_held = []
+        self._running = False
+        if self._worker is not None:
+            self._worker.join(timeout=30.0)
+            self._worker = None
+        with self._lock:
+            self.stats.level, self.stats.message = DiagnosticStatus.OK, "inactive (deactivated)"
+
+    def _cleanup(self) -> None:
+        """Undo :meth:`_configure`: drop the CT and the registrar, the publishers and services."""
+        for kind, handle in self._configured:
+            if kind == "publisher":
+                self.destroy_publisher(handle)
+            elif kind == "service":
+                self.destroy_service(handle)
+            elif kind == "timer":
+                self.destroy_timer(handle)
+            elif kind == "on_set":
+                self.remove_on_set_parameters_callback(handle)
+            elif kind == "post_set":
+                self.remove_post_set_parameters_callback(handle)
+        self._configured = []
+        self.registrar = None
+        with self._lock:
+            self._joint_buffer.clear()
+            self.stats = NodeStats(message="inactive (not configured)")
 
     # ------------------------------------------------------------------ parameters
 
@@ -496,13 +567,75 @@ class RegistrationNode(Node):
         self.diag_pub.publish(arr)
 
     def shutdown(self) -> None:
+        """Stop the worker thread (called by :func:`.runtime.run_node` before the node is destroyed)."""
         self._running = False
-        self._worker.join(timeout=5.0)
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+
+
+class RegistrationNode(RegistrationGlue, Node):
+    """The registration node, configured and active as soon as it is built. ``main()`` runs it."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("diffdrr_registration", **kwargs)
+        self._declare()
+        self._configure()
+        self._activate()
+
+
+class ManagedRegistrationNode(RegistrationGlue, LifecycleNode):
+    """The registration node as a managed (lifecycle) node, for systems brought up in order.
+
+    ``configure`` loads the CT and builds the registrar (an unreadable CT fails the
+    transition with the reason in the log; the node stays unconfigured and can be configured
+    again), ``activate`` subscribes and starts registering, ``deactivate`` stops taking
+    frames (the pose stops updating; nothing is published as stale), ``cleanup`` frees the
+    CT. Drive it with ``ros2 lifecycle set /diffdrr_registration configure`` etc., a
+    lifecycle manager, or ``registration.launch.py managed:=true autostart:=true``.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("diffdrr_registration", **kwargs)
+        self._declare()
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except StartupError as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            self._cleanup()
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._activate()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._cleanup()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._running:
+            self._deactivate()
+        if self._configured:
+            self._cleanup()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"error in lifecycle state {state.label}: stopping, back to unconfigured")
+        self.on_shutdown(state)
+        return TransitionCallbackReturn.SUCCESS
 
 
 def main(args: list[str] | None = None) -> int:
     """``ros2 run diffdrr_ros registration_node --ros-args --params-file config/registration.yaml``."""
     return run_node(RegistrationNode, "diffdrr_registration", (StartupError,), args)
+
 
 if __name__ == "__main__":
     sys.exit(main())
