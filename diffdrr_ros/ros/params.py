@@ -80,6 +80,8 @@ PARAMS: list[Param] = [
     Param("joints.cranial", "carm_cranial_caudal", "JointState name of the cranial(+)/caudal(-) angle (rad)", True),
     Param("joints.detector_rotation", "carm_detector_rotation", "JointState name of the detector rotation (rad)", True),
     Param("joints.sdd", "carm_source_detector_distance", "JointState name of the SDD (m), optional", True),
+    Param("joints.follow_sdd", True, "move the detector to the SDD in the joint state when present (the SID stays "
+          "detector.sid_mm); ignored with use_camera_info"),
     Param("joints.table", ["table_x", "table_y", "table_z"], "JointState names of the table translations (m)", True),
     # Prior placement of the CT on the table (the seed's translation b; rotation of the CT axes)
     Param("prior.translation_mm", [0.0, 0.0, 0.0], "CT centre from the isocentre with the table at zero, mm", True),

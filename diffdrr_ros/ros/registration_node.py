@@ -19,6 +19,7 @@ same node as a lifecycle node (``managed_registration_node``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import threading
@@ -62,6 +63,9 @@ from .conversions import (
 from .params import PARAMS
 from .qos import TF_QOS, TF_STATIC_QOS
 from .runtime import run_node
+
+#: A joint-state SDD closer than this to the detector's (mm) does not rebuild anything.
+SDD_TOLERANCE_MM = 0.5
 
 
 class StartupError(RuntimeError):
@@ -385,6 +389,28 @@ class RegistrationGlue:
             self.detector = det
             self.registrar = Registrar(self.registrar.volume, det, self.registrar.config, device=self.registrar.device)
 
+    def _follow_sdd(self, joints: CArmJoints) -> str | None:
+        """Move the detector to the SDD the C-arm reports (``joints.follow_sdd``); the SID stays.
+
+        A change of more than :data:`SDD_TOLERANCE_MM` rebuilds the registrar's CT pyramids.
+        Ignored with ``use_camera_info`` (the CameraInfo's K then gives the SDD). Returns why the
+        reported SDD is unusable, or None.
+        """
+        if joints.sdd_mm is None or not self._p("joints.follow_sdd") or self._p("use_camera_info"):
+            return None
+        sdd = float(joints.sdd_mm)
+        if not math.isfinite(sdd) or abs(sdd - float(self.detector.sdd_mm)) <= SDD_TOLERANCE_MM:
+            return None if math.isfinite(sdd) else f"SDD {sdd} is not a number"
+        sid = float(self.detector.sid)
+        if not sdd > sid:
+            return f"SDD {sdd:.1f} mm from the joint state is not beyond the source-isocentre distance {sid:.1f} mm"
+        det = dataclasses.replace(self.detector, sdd_mm=sdd, sid_mm=sid)
+        self.get_logger().info(f"detector follows the joint-state SDD: {float(self.detector.sdd_mm):.1f} -> "
+                               f"{sdd:.1f} mm (SID {sid:.1f} mm)")
+        self.detector = det
+        self.registrar = Registrar(self.registrar.volume, det, self.registrar.config, device=self.registrar.device)
+        return None
+
     def _process(self, msg: Image, t_in: float) -> None:
         self._update_intrinsics()
         stamp = stamp_to_seconds(msg.header.stamp)
@@ -422,6 +448,10 @@ class RegistrationGlue:
         max_age = self._p("joints.max_age_s")
         if age > max_age:
             self._reject(f"stale joint state: nearest is {age:.3f} s from the frame (max {max_age:.3f} s)")
+            return
+        problem = self._follow_sdd(joints)
+        if problem:
+            self._reject(f"bad joint state: {problem}")
             return
         with self._lock:
             last_good, wide = self._last_good, self._wide_next

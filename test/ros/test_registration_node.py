@@ -71,9 +71,9 @@ class Scene:
         self.table_from_ct = offset @ prior
         self.targets = target_points(self.volume.center, self.volume.extent_mm)
 
-    def frame(self, joints: CArmJoints, seed: int = 0) -> np.ndarray:
+    def frame(self, joints: CArmJoints, seed: int = 0, det: Detector = DET) -> np.ndarray:
         pose = initial_pose(joints, self.table_from_ct)
-        line = render(self.mu, pose, DET)
+        line = render(self.mu, pose, det)
         counts = torch.poisson(to_intensity(line) * I0, generator=torch.Generator().manual_seed(seed))
         return counts.clamp(0, 65535).numpy().astype(np.uint16)
 
@@ -245,6 +245,27 @@ def test_services_and_runtime_parameters(system):
     assert set_param("registration.min_similarity", 0.9).successful is True
     tf = _register_good(client, scene, 500)  # after reregister: full registration from the joints
     assert scene.mtre(tf, JOINTS) < 2.0
+
+
+def test_detector_follows_the_sdd_in_the_joint_state(system):
+    """The detector moved out to SDD 1100 mm (SID stays 750): with the SDD in the joint state
+    the frame registers; an SDD inside the SID is refused; back at 1020 mm it registers again."""
+    client, scene, node = system
+    far = CArmJoints(lao_rad=JOINTS.lao_rad, cranial_rad=JOINTS.cranial_rad, sdd_mm=1100.0)
+    det_far = Detector(H, W, spacing_mm=(8.0, 8.0), sdd_mm=1100.0, sid_mm=750.0)
+    send(client, array_to_image(scene.frame(far, seed=600, det=det_far), "mono16"), far, 600)
+    assert client.spin_until(lambda: client.tf_for(600) is not None, 60.0), node.log()
+    assert scene.mtre(client.tf_for(600), far) < 2.0
+    assert "detector follows the joint-state SDD: 1020.0 -> 1100.0 mm" in node.log()
+    before = len(client.diags)
+    inside = CArmJoints(lao_rad=JOINTS.lao_rad, cranial_rad=JOINTS.cranial_rad, sdd_mm=700.0)
+    send(client, array_to_image(scene.frame(JOINTS, seed=610), "mono16"), inside, 610)
+    assert client.spin_until(lambda: client.diag_saying("not beyond the source-isocentre", before) is not None, 20.0)
+    assert client.tf_for(610) is None
+    back = CArmJoints(lao_rad=JOINTS.lao_rad, cranial_rad=JOINTS.cranial_rad, sdd_mm=1020.0)
+    send(client, array_to_image(scene.frame(back, seed=620), "mono16"), back, 620)
+    assert client.spin_until(lambda: client.tf_for(620) is not None, 60.0), node.log()
+    assert scene.mtre(client.tf_for(620), back) < 2.0
 
 
 def test_unreadable_ct_is_a_clear_fatal_error(tmp_path):
