@@ -74,6 +74,11 @@ class PoseCovariance:
         return self.cov.diagonal()[:3].sqrt()
 
     @property
+    def steps(self) -> Float[Tensor, " 6"]:
+        """Finite-difference steps at the scale of these sigmas (for the next frame's estimate)."""
+        return self.cov.diagonal().sqrt().clamp(MIN_STEPS, MAX_STEPS)
+
+    @property
     def sigma_deg(self) -> Float[Tensor, " 3"]:
         """1-sigma rotation about the camera x, y, z axes through the CT centre, degrees."""
         return torch.rad2deg(self.cov.diagonal()[3:].sqrt())
@@ -116,11 +121,14 @@ def pose_covariance(
     fixed: np.ndarray | Tensor,
     pose: Float[Tensor, "4 4"],
     mask: np.ndarray | Tensor | None = None,
+    steps: Float[Tensor, " 6"] | None = None,
 ) -> PoseCovariance:
     """Covariance of the registered ``pose`` (``T_cam_ct``) given the ``fixed`` frame.
 
     ``fixed`` and ``mask`` as for :meth:`.Registrar.register` (line integrals; ``mask`` marks
-    the pixels that carry signal). Costs 2 x 13 DRRs at full resolution, in two batches.
+    the pixels that carry signal). Costs 2 x 13 DRRs at full resolution, in two batches; or
+    one batch when ``steps`` (mm, rad) are given, e.g. :attr:`PoseCovariance.steps` of the
+    previous frame of a tracking sequence.
     """
     f = prepare_fixed(fixed).to(registrar.device, torch.float64)
     m = torch.ones_like(f, dtype=torch.bool) if mask is None else torch.as_tensor(np.asarray(mask)).to(f.device)
@@ -132,8 +140,11 @@ def pose_covariance(
     center = registrar.center.to(torch.float64).cpu()
     center_cam = pose[:3, :3] @ center + pose[:3, 3]
     f_n = _normalise(f, m)
-    steps = torch.tensor([STEP_MM] * 3 + [STEP_RAD] * 3, dtype=torch.float64)
-    for _ in range(2):  # then again with steps at the scale of the first answer's sigmas
+    passes = 2 if steps is None else 1
+    if steps is None:
+        steps = torch.tensor([STEP_MM] * 3 + [STEP_RAD] * 3, dtype=torch.float64)
+    steps = steps.to(torch.float64).cpu().clamp(MIN_STEPS, MAX_STEPS)
+    for _ in range(passes):  # the second pass with steps at the scale of the first answer's sigmas
         cov, s2 = _gauss_newton(registrar, pose, center_cam, f_n, m, steps)
         steps = cov.diagonal().sqrt().clamp(MIN_STEPS, MAX_STEPS)
     return PoseCovariance(cov.cpu(), pose, center, residual_std=s2**0.5, pixels=n)

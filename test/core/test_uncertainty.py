@@ -56,6 +56,15 @@ def test_a_clean_frame_gives_a_tiny_covariance_and_a_mask_is_honoured(setup):
         pose_covariance(reg, clean, truth, mask=np.zeros(DET.shape, dtype=bool))
 
 
+def test_one_pass_with_the_previous_steps_agrees_with_two_passes(setup):
+    reg, truth, clean = setup
+    frame = _noisy(clean, 0.2, 3)
+    two = pose_covariance(reg, frame, truth)
+    one = pose_covariance(reg, frame, truth, steps=two.steps)
+    torch.testing.assert_close(one.sigma_mm, two.sigma_mm, rtol=0.15, atol=0)
+    torch.testing.assert_close(one.sigma_deg, two.sigma_deg, rtol=0.15, atol=0)
+
+
 def test_origin_convention_is_the_linearised_change_of_parameters(setup):
     """about_origin() = A cov A^T where A maps (centre translation, rotation) to the ROS parameters."""
     reg, truth, clean = setup
