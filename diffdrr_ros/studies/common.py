@@ -148,8 +148,12 @@ def run_registrations(
     progress: bool = True,
     desc: str = "registering",
     curves: list[list[float]] | None = None,
+    mask: np.ndarray | None = None,
 ) -> list[dict]:
-    """Register ``fixed`` from every start; optional per-run curves of the mTRE per iteration."""
+    """Register ``fixed`` from every start; optional per-run curves of the mTRE per iteration.
+
+    ``mask``: pixels that carry signal (a collimated X-ray frame), as for :meth:`Registrar.register`.
+    """
     rows = []
     bar = _progress(range(starts.shape[0]), progress, desc)
     for i in bar:
@@ -158,7 +162,7 @@ def run_registrations(
         if curves is not None:
             def cb(it: int, poses: Tensor, losses: Tensor, _c: list[float] = curve) -> None:
                 _c.append(float(losses.min()))
-        res = reg.register(fixed, starts[i], truth=truth, callback=cb)
+        res = reg.register(fixed, starts[i], truth=truth, callback=cb, mask=mask)
         rows.append(result_row(i, res, float(reg.mtre(starts[i], truth))))
         if curves is not None:
             curves.append(res.history)

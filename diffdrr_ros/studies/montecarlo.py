@@ -7,6 +7,12 @@ criterion (final ZNCC > 0.999) is reported beside it. Writes ``runs.csv`` (one r
 start), ``summary.json``, ``curves.json`` (loss per iteration of every run) and
 ``montecarlo.png`` (convergence curves coloured by outcome, mTRE and time histograms).
 
+``--fixed`` chooses the fixed image: ``drr`` (the DRR at the truth, as in the seed), ``xray``
+(a simulated fluoroscopy frame of it: Beer-Lambert, quantum and electronic noise, detector
+blur, collimator; registered after ``-log(I / I0)`` with the collimator masked, as the node
+does) or ``mismatched`` (``xray`` plus the physics a DRR leaves out: beam hardening, scatter,
+heel effect; :meth:`.XRayStyle.mismatched`).
+
 ``--preset seed`` runs the seed's own protocol (one level, its C-arm parameters, no
 search); ``--set key=value`` changes any :class:`RegistrationConfig` field, which is how
 the ablations in ``docs/results.md`` were run.
@@ -18,8 +24,11 @@ import argparse
 import math
 
 import numpy as np
+import torch
 
-from ..core.registration import Registrar
+from ..core.registration import Registrar, prepare_fixed
+from ..core.render import RenderSettings, render
+from ..core.xray_sim import XRayStyle, collimator_mask, simulate_xray
 from . import common
 
 
@@ -28,6 +37,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_config_arguments(p)
     p.add_argument("--n", type=int, default=1000, help="number of random starts (the seed: 1000)")
     p.add_argument("--no-warmup", action="store_true", help="do not run one untimed registration first (JIT)")
+    p.add_argument("--fixed", default="drr", choices=FIXED_KINDS,
+                   help="fixed image: the DRR at the truth, a simulated X-ray frame, or one with unmodelled physics")
+
+
+FIXED_KINDS = ("drr", "xray", "mismatched")
+
+
+def fixed_image(reg: Registrar, truth, kind: str, seed: int = 0) -> tuple[object, np.ndarray | None]:
+    """The fixed image of kind ``kind`` at ``truth`` and its mask of exposed pixels (or None).
+
+    ``drr``: the registrar's own DRR (the seed's protocol). The X-ray kinds start from the full
+    CT (not the registrar's CT averaged to the pixel footprint) without the registrar's PSF
+    model: the simulator adds its own blur.
+    """
+    if kind == "drr":
+        return reg.render(truth[None])[0], None
+    with torch.no_grad():
+        line = render(reg.volume, truth.to(reg.device), reg.detector, RenderSettings(method=reg.config.method))
+    style = XRayStyle() if kind == "xray" else XRayStyle.mismatched()
+    frame = simulate_xray(line, style, torch.Generator().manual_seed(seed))
+    mask = (frame > 0.02 * style.i0) & collimator_mask(*frame.shape, style.collimator_radius)
+    return prepare_fixed(frame, log_transform=True, i0=style.i0), mask
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,14 +67,14 @@ def run(args: argparse.Namespace) -> int:
     out = common.out_dir(args, "montecarlo")
     reg = Registrar(problem.volume, problem.detector, cfg, device=args.device)
     truth = common.truth_pose(reg, problem)
-    fixed = reg.render(truth[None])[0]
+    fixed, mask = fixed_image(reg, truth, args.fixed, seed=args.seed)
     starts = common.random_starts(reg, truth, args.n, max_deg=args.max_deg, max_mm=args.max_mm, seed=args.seed)
     if not args.no_warmup:  # compile the kernels outside the timed runs
-        reg.register(fixed, starts[0], truth=truth)
+        reg.register(fixed, starts[0], truth=truth, mask=mask)
     info = common.machine_info()
     curves: list[list[float]] = []
     rows = common.run_registrations(reg, fixed, starts, truth, progress=not args.no_progress,
-                                    desc="montecarlo", curves=curves)
+                                    desc="montecarlo", curves=curves, mask=mask)
     summary = common.summarize(rows)
     payload = {
         "study": "montecarlo",
@@ -51,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
                     "pixel_mm": float(problem.detector.spacing_mm[0]), "sdd_mm": float(problem.detector.sdd_mm),
                     "sid_mm": float(problem.detector.sid), "truth_carm_deg_mm": list(problem.truth_carm)},
         "starts": {"n": args.n, "max_deg": args.max_deg, "max_mm": args.max_mm, "seed": args.seed},
+        "fixed": args.fixed,
         "preset": args.preset,
         "config": common.config_dict(cfg),
         "criterion": {"success": f"mTRE < {reg.success_mtre_mm} mm over 27 targets",
@@ -64,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     common.write_rows(out / "runs.csv", rows)
     common.write_json(out / "curves.json", {"loss_per_iteration": curves,
                                             "success": [r["success"] for r in rows]})
-    plot(rows, curves, out / "montecarlo.png", title=f"{problem.name}, {args.n} starts, preset {args.preset}")
+    plot(rows, curves, out / "montecarlo.png",
+         title=f"{problem.name}, {args.n} starts, preset {args.preset}, fixed {args.fixed}")
     s = summary
     print(f"montecarlo on {problem.name}: {s['n']} starts, success (mTRE<2mm) {s['success_rate']:.1%}, "
           f"seed criterion (ZNCC>0.999) {s['seed_success_rate']:.1%}, median time {s['time_median_s']:.3f}s, "
