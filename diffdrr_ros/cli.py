@@ -131,7 +131,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     frame = load_xray(args.xray)
     fixed = prepare_fixed(frame, log_transform=args.log_transform, invert=args.invert)
     det = _detector(args, tuple(fixed.shape))
-    cfg = RegistrationConfig(optimizer=args.optimizer, similarity=args.similarity,
+    cfg = RegistrationConfig(optimizer=args.optimizer, similarity=args.similarity, compare=args.compare,
                              max_iterations=args.max_iterations, init_search=args.init_search,
                              **({"pyramid": tuple(args.pyramid)} if args.pyramid else {}))
     reg = Registrar(vol, det, cfg, device=args.device)
@@ -231,7 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", type=float, nargs=6, required=True, metavar=("THETA", "PHI", "GAMMA", "BX", "BY", "BZ"))
     p.add_argument("--truth", type=float, nargs=6, default=None, help="ground-truth pose, to report the mTRE")
     p.add_argument("--optimizer", choices=["adam", "gd", "gdm", "gddm"], default="adam")
-    p.add_argument("--similarity", default="zncc", help="zncc, l2, pncc, mncc, gncc, mncc+gncc")
+    p.add_argument("--similarity", default="gncc",
+                   help="zncc, l2, pncc, mncc, gncc, mncc+gncc (default gncc: with --compare intensity it is robust "
+                        "to scatter and beam hardening, see docs/results.md)")
+    p.add_argument("--compare", default="intensity", choices=["intensity", "line_integral"],
+                   help="domain of the similarity (default intensity; line_integral is the seed's)")
     p.add_argument("--pyramid", type=int, nargs="+", default=None,
                    help="detector downsampling factors, coarse to fine (default: the core's, 2 1)")
     p.add_argument("--max-iterations", type=int, default=150, help="per pyramid level")

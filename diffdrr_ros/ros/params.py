@@ -59,13 +59,16 @@ PARAMS: list[Param] = [
           "I0 (collimator, no exposure)", False, (0.0, 0.5)),
     # Registration
     Param("registration.optimizer", "adam", "gd, gdm, gddm or adam (the seed's optimisers)"),
-    Param("registration.similarity", "zncc", "zncc, l2, pncc, mncc, gncc, mncc+gncc"),
+    Param("registration.similarity", "gncc", "zncc, l2, pncc, mncc, gncc, mncc+gncc (gncc with compare=intensity: "
+          "robust to scatter and beam hardening, see docs/results.md)"),
+    Param("registration.compare", "intensity", "domain of the similarity: intensity (exp(-L), robust to scatter) or "
+          "line_integral (the seed's)"),
     Param("registration.lr_rotation", 0.02, "rotation step size (rad per step for Adam)", False, (1e-6, 10.0)),
     Param("registration.lr_translation", 2.0, "translation step size (mm per step for Adam)", False, (1e-6, 1000.0)),
     Param("registration.max_iterations", 150, "iteration limit per pyramid level", False, (1, 10000)),
     Param("registration.pyramid", [4, 2, 1], "detector downsampling factors for the first frame, coarse to fine"),
     Param("registration.tracking_pyramid", [2, 1], "pyramid for tracking frames (start from the last good pose)"),
-    Param("registration.tracking_step_scale", 0.25, "step sizes of tracking frames relative to the first frame's "
+    Param("registration.tracking_step_scale", 0.5, "step sizes of tracking frames relative to the first frame's "
           "(they start close)", False, (1e-3, 1.0)),
     Param("registration.max_similarity_drop", 0.002, "tracking quality gate: reject a ZNCC this far below the median "
           "of the last accepted frames (then re-register from the joints)", False, (0.0, 2.0)),

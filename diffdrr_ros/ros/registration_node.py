@@ -271,6 +271,7 @@ class RegistrationGlue:
         scale = get("registration.tracking_step_scale") if tracking else 1.0
         return RegistrationConfig(
             optimizer=get("registration.optimizer"), similarity=get("registration.similarity"),
+            compare=get("registration.compare"),
             lr_rotation=get("registration.lr_rotation") * scale,
             lr_translation=get("registration.lr_translation") * scale,
             max_iterations=get("registration.max_iterations"), pyramid=tuple(int(f) for f in pyramid),
