@@ -30,6 +30,7 @@ from tqdm import tqdm
 from diffdrr_ros.core.geometry import Detector
 from diffdrr_ros.core.metrics import mean_target_registration_error, target_points
 from diffdrr_ros.core.phantoms import make_phantom
+from diffdrr_ros.core.xray_sim import XRayStyle
 from diffdrr_ros.ros.carm_simulator import Simulator
 from diffdrr_ros.ros.conversions import transform_to_matrix
 from diffdrr_ros.ros.harness import GraphClient, NodeProcess
@@ -52,15 +53,22 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--timeout", type=float, default=60.0, help="per frame, s")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="PARAM=VALUE",
+                    help="extra node parameter, e.g. registration.similarity=zncc (repeatable)")
+    ap.add_argument("--physics", choices=("xray", "mismatched"), default="xray",
+                    help="simulated frames: noise/blur/collimator, or also scatter, beam hardening, heel effect")
     args = ap.parse_args()
 
     det = Detector(128, 128, spacing_mm=(3.125, 3.125), sdd_mm=1020.0, sid_mm=750.0)
     volume = make_phantom(args.phantom)
-    sim = Simulator(volume, det, t_start=1000.0)
+    style = XRayStyle() if args.physics == "xray" else XRayStyle.mismatched()
+    sim = Simulator(volume, det, style=style, t_start=1000.0)
     targets = target_points(volume.center, volume.extent_mm)
     log = Path(tempfile.mkdtemp()) / "node.log"
-    node = NodeProcess({"ct_path": f"phantom:{args.phantom}", "device": args.device, "image.i0": sim.style.i0,
-                        "image.detector_blur_px": sim.style.blur_sigma_px}, log)
+    params = {"ct_path": f"phantom:{args.phantom}", "device": args.device, "image.i0": sim.style.i0,
+              "image.detector_blur_px": sim.style.blur_sigma_px}
+    params.update(kv.split("=", 1) for kv in args.overrides)
+    node = NodeProcess(params, log)
     client = GraphClient()
     rows = []
     try:
@@ -87,7 +95,8 @@ def main() -> int:
         node.stop()
         client.close()
     device = next((kv.value for d in client.diags for s in d.status for kv in s.values if kv.key == "device"), "?")
-    summary = {"device": device, "frames": args.frames, "rows": rows}
+    summary = {"device": device, "frames": args.frames, "physics": args.physics, "overrides": args.overrides,
+               "load_average": os.getloadavg(), "rows": rows}
     for mode in ("full", "tracking"):
         lat = [r["latency_s"] for r in rows if r["mode"] == mode and r["published"]]
         mtre = [r["mtre_mm"] for r in rows if r["mode"] == mode and r["published"]]
