@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise", type=float, default=0.5, help="noise std / image std")
     p.add_argument("--frames", type=int, default=30)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--compare", default="line_integral", choices=("line_integral", "intensity"),
+                   help="registration and covariance on line integrals (ZNCC) or on intensities")
+    p.add_argument("--similarity", default="zncc")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "bench_covariance.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     numba.set_num_threads(args.threads)
     det = Detector(args.size, args.size, spacing_mm=(args.pitch, args.pitch), sdd_mm=1020.0, sid_mm=750.0)
-    cfg = RegistrationConfig(pyramid=(1,), init_search=False, max_iterations=300, patience=40, tolerance=1e-9)
+    cfg = RegistrationConfig(pyramid=(1,), init_search=False, max_iterations=300, patience=40, tolerance=1e-9,
+                             similarity=args.similarity, compare=args.compare)
     reg = Registrar(make_phantom(args.phantom), det, cfg, device="cpu")
     truth = reg.pose_from_carm([math.radians(5), math.radians(10), 0.0], [3.0, -2.0, 4.0])
     clean = reg.render(truth)
@@ -60,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return clean + args.noise * clean.std() * torch.randn(clean.shape, generator=g, dtype=clean.dtype)
 
     t0 = time.perf_counter()
-    pred = torch.stack([pose_covariance(reg, noisy(100 + i), truth).cov.diagonal().sqrt() for i in range(3)]).mean(0)
+    pred = torch.stack([pose_covariance(reg, noisy(100 + i), truth, compare=args.compare).cov.diagonal().sqrt()
+                        for i in range(3)]).mean(0)
     cov_s = (time.perf_counter() - t0) / 3
     c = reg.center
     pc0 = truth[:3, :3] @ c + truth[:3, 3]

@@ -122,14 +122,18 @@ def pose_covariance(
     pose: Float[Tensor, "4 4"],
     mask: np.ndarray | Tensor | None = None,
     steps: Float[Tensor, " 6"] | None = None,
+    compare: str = "line_integral",
 ) -> PoseCovariance:
     """Covariance of the registered ``pose`` (``T_cam_ct``) given the ``fixed`` frame.
 
     ``fixed`` and ``mask`` as for :meth:`.Registrar.register` (line integrals; ``mask`` marks
     the pixels that carry signal). Costs 2 x 13 DRRs at full resolution, in two batches; or
     one batch when ``steps`` (mm, rad) are given, e.g. :attr:`PoseCovariance.steps` of the
-    previous frame of a tracking sequence.
+    previous frame of a tracking sequence. ``compare="intensity"`` models the transmitted
+    intensities ``exp(-L)`` instead of the line integrals (as ``RegistrationConfig.compare``).
     """
+    if compare not in ("line_integral", "intensity"):
+        raise ValueError(f"compare must be line_integral or intensity, got {compare!r}")
     f = prepare_fixed(fixed).to(registrar.device, torch.float64)
     m = torch.ones_like(f, dtype=torch.bool) if mask is None else torch.as_tensor(np.asarray(mask)).to(f.device)
     m = m.to(torch.bool)
@@ -139,19 +143,19 @@ def pose_covariance(
     pose = pose.to(torch.float64).cpu()
     center = registrar.center.to(torch.float64).cpu()
     center_cam = pose[:3, :3] @ center + pose[:3, 3]
-    f_n = _normalise(f, m)
+    f_n = _normalise(torch.exp(-f) if compare == "intensity" else f, m)
     passes = 2 if steps is None else 1
     if steps is None:
         steps = torch.tensor([STEP_MM] * 3 + [STEP_RAD] * 3, dtype=torch.float64)
     steps = steps.to(torch.float64).cpu().clamp(MIN_STEPS, MAX_STEPS)
     for _ in range(passes):  # the second pass with steps at the scale of the first answer's sigmas
-        cov, s2 = _gauss_newton(registrar, pose, center_cam, f_n, m, steps)
+        cov, s2 = _gauss_newton(registrar, pose, center_cam, f_n, m, steps, compare)
         steps = cov.diagonal().sqrt().clamp(MIN_STEPS, MAX_STEPS)
     return PoseCovariance(cov.cpu(), pose, center, residual_std=s2**0.5, pixels=n)
 
 
 def _gauss_newton(
-    registrar: Registrar, pose: Tensor, center_cam: Tensor, f_n: Tensor, mask: Tensor, steps: Tensor
+    registrar: Registrar, pose: Tensor, center_cam: Tensor, f_n: Tensor, mask: Tensor, steps: Tensor, compare: str
 ) -> tuple[Tensor, float]:
     """``s^2 / a^2 (J^T J)^-1`` with ``J`` from central differences of the given steps; and ``s^2``."""
     delta = torch.zeros(13, 6, dtype=torch.float64)
@@ -159,7 +163,8 @@ def _gauss_newton(
         delta[1 + 2 * i, i] = steps[i]
         delta[2 + 2 * i, i] = -steps[i]
     drrs = registrar.render(_perturbed(pose, center_cam, delta))  # 13 H W, full resolution
-    d = _normalise(drrs.to(torch.float64), mask)  # 13 n
+    drrs = drrs.to(torch.float64)
+    d = _normalise(torch.exp(-drrs) if compare == "intensity" else drrs, mask)  # 13 n
     jac = torch.stack([(d[1 + 2 * i] - d[2 + 2 * i]) / (2 * steps[i]) for i in range(6)], -1)  # n 6
     n = f_n.shape[-1]
     a = float((f_n * d[0]).sum()) / (n - 1)  # ZNCC: the normalised frame is a * DRR + noise

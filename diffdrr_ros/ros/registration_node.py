@@ -545,7 +545,8 @@ class RegistrationGlue:
         if not self._p("registration.covariance"):
             return [0.0] * 36
         try:  # tracking frames reuse the last frame's scale: one batch of 13 DRRs instead of two
-            cov = pose_covariance(self.registrar, fixed, result.pose, mask, steps=self._covariance_steps)
+            cov = pose_covariance(self.registrar, fixed, result.pose, mask, steps=self._covariance_steps,
+                                  compare=self.registrar.config.compare)
         except (ValueError, RuntimeError) as exc:
             self.get_logger().warning(f"pose covariance not computed ({exc}); publishing zeros (unknown)")
             return [0.0] * 36
