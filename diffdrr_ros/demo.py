@@ -3,9 +3,10 @@
 1. prints the environment (ROS distro, rmw, torch device);
 2. renders a DRR of the built-in head phantom (``drr.png``);
 3. starts the registration node in its own process (real DDS, loopback only);
-4. plays a simulated C-arm in real time: X-ray-like 12-bit frames with noise and a
-   collimator, noisy joint states with latency, patient drift and jumps, plus two bad
-   frames (NaN, unsupported encoding) that must be rejected;
+4. plays a simulated C-arm in real time: X-ray-like 12-bit frames with noise, blur, a
+   collimator, scatter, beam hardening and a heel effect (physics the DRR does not model),
+   noisy joint states with latency, patient drift and jumps, plus two bad frames (NaN,
+   unsupported encoding) that must be rejected;
 5. scores every transform the node publishes on /tf against the ground truth (mTRE over
    27 targets) and measures frame-to-TF latency;
 6. prints a summary and writes overlay PNGs, an animated GIF and ``summary.json``.
@@ -26,6 +27,7 @@ import torch
 from .core.geometry import Detector
 from .core.overlay import save_png, side_by_side
 from .core.phantoms import make_phantom
+from .core.xray_sim import XRayStyle
 
 
 def _percentile(xs: list[float], q: float) -> float:
@@ -66,7 +68,9 @@ def run_demo(out_dir: Path, n_frames: int = 16, period_s: float = 1.0, phantom: 
 
     det = Detector(128, 128, spacing_mm=(3.125, 3.125), sdd_mm=1020.0, sid_mm=750.0)
     volume = make_phantom(phantom)
-    sim = Simulator(volume, det, t_start=1000.0)
+    # Frames with the physics a DRR leaves out (scatter, beam hardening, heel effect), not
+    # the renderer's own images: see docs/results.md, "Beyond the inverse crime".
+    sim = Simulator(volume, det, style=XRayStyle.mismatched(), t_start=1000.0)
     _, cam_ct = sim.truth(1000.0)
     with torch.no_grad():
         drr = render(sim.mu, cam_ct, det)

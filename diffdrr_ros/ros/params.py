@@ -66,12 +66,15 @@ PARAMS: list[Param] = [
     Param("registration.lr_rotation", 0.02, "rotation step size (rad per step for Adam)", False, (1e-6, 10.0)),
     Param("registration.lr_translation", 2.0, "translation step size (mm per step for Adam)", False, (1e-6, 1000.0)),
     Param("registration.max_iterations", 150, "iteration limit per pyramid level", False, (1, 10000)),
-    Param("registration.pyramid", [4, 2, 1], "detector downsampling factors for the first frame, coarse to fine"),
+    Param("registration.pyramid", [2, 1], "detector downsampling factors for the first frame, coarse to fine (the "
+          "search runs first on a ~16 px image)"),
     Param("registration.tracking_pyramid", [2, 1], "pyramid for tracking frames (start from the last good pose)"),
     Param("registration.tracking_step_scale", 0.5, "step sizes of tracking frames relative to the first frame's "
           "(they start close)", False, (1e-3, 1.0)),
     Param("registration.max_similarity_drop", 0.002, "tracking quality gate: reject a ZNCC this far below the median "
           "of the last accepted frames (then re-register from the joints)", False, (0.0, 2.0)),
+    Param("registration.max_similarity_drop_relative", 1.0, "... or this multiple of that median's own mismatch "
+          "(1 - ZNCC), whichever is larger", False, (0.0, 100.0)),
     Param("registration.init_search_first_frame", True, "batch search around the joint-state pose on wide captures"),
     Param("registration.covariance", True, "publish the pose covariance from the loss curvature (2 x 13 "
           "full-resolution DRRs per pose; a lower bound, see core/uncertainty.py); false: zeros = unknown"),

@@ -480,12 +480,15 @@ class RegistrationGlue:
         verdict = result.verdict
         with self._lock:
             recent = list(self._recent_zncc)
-        drop = self._p("registration.max_similarity_drop")
         if result.accepted and mode == "tracking" and len(recent) >= 3:
             reference = float(np.median(recent))
+            # Absolute, or relative to the frames' own mismatch: real frames (scatter, hardening)
+            # sit well below ZNCC 1 and vary more from view to view than DRR-like ones.
+            drop = max(self._p("registration.max_similarity_drop"),
+                       self._p("registration.max_similarity_drop_relative") * (1.0 - reference))
             if result.zncc < reference - drop:
                 result.accepted = False
-                verdict = (f"ZNCC {result.zncc:.4f} dropped more than {drop:g} below the recent median "
+                verdict = (f"ZNCC {result.zncc:.4f} dropped more than {drop:.4f} below the recent median "
                            f"{reference:.4f} (lost track)")
         if not result.accepted:
             with self._lock:
