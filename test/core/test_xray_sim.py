@@ -58,3 +58,27 @@ def test_joint_sensor_noise_and_latency():
     noisy = JointSensor(angle_noise_deg=0.2, latency_s=0.0)
     errs = [noisy.read(traj, 5.0, rng).lao_rad - traj.joints(5.0).lao_rad for _ in range(400)]
     assert abs(np.std(errs) - math.radians(0.2)) < math.radians(0.03)
+
+
+def test_physics_the_drr_leaves_out():
+    """Beam hardening, scatter and the heel effect, each on its own, noise-free."""
+    quiet = dict(i0=1000.0, gaussian_noise=0.0, poisson=False, blur_sigma_px=0.0, collimator_radius=0.0, bits=16)
+    line = torch.zeros(40, 40, dtype=torch.float64)
+    line[15:25, 15:25] = 4.0  # a dense block in air
+
+    def log_image(**kw):
+        img = simulate_xray(line, XRayStyle(**quiet, **kw)).astype(np.float64)
+        return -np.log(np.maximum(img, 1) / 1000.0)
+
+    plain = log_image()
+    hard = log_image(beam_hardening=0.1)
+    np.testing.assert_allclose(hard[20, 20], 4.0 / 1.4, atol=0.01)  # L / (1 + b L), up to whole counts
+    np.testing.assert_allclose(hard[0, 0], 0.0, atol=1e-3)
+    scat = log_image(scatter_to_primary=0.3)
+    assert scat[20, 20] < plain[20, 20] - 1.0  # the dense block looks much thinner
+    assert scat[0, 0] < -0.2  # air: more than I0 reaches the detector
+    heel = simulate_xray(torch.zeros(40, 40, dtype=torch.float64), XRayStyle(**quiet, heel_gain=0.1)).astype(float)
+    np.testing.assert_allclose([heel[0, 0], heel[-1, 0]], [950, 1050], atol=1)  # -5 % .. +5 % over the rows
+    assert XRayStyle.mismatched().scatter_to_primary == 0.3
+    with pytest.raises(ValueError):
+        XRayStyle(scatter_to_primary=-0.1)

@@ -79,3 +79,25 @@ def test_overrides_presets_and_starts():
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, common.random_starts(_Reg(), truth, 5, seed=4))
     assert math.isfinite(float(a.sum()))
+
+
+def test_montecarlo_fixed_image_kinds():
+    import numpy as np
+    import torch
+
+    from diffdrr_ros.core.geometry import Detector
+    from diffdrr_ros.core.phantoms import make_phantom
+    from diffdrr_ros.core.registration import Registrar, RegistrationConfig
+    from diffdrr_ros.studies.montecarlo import FIXED_KINDS, fixed_image
+
+    reg = Registrar(make_phantom("head_tiny"), Detector(32, 32, spacing_mm=(16.0, 16.0)), RegistrationConfig(),
+                    device="cpu")
+    truth = reg.pose_from_carm([0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
+    drr, none = fixed_image(reg, truth, "drr")
+    assert none is None
+    for kind in FIXED_KINDS[1:]:
+        img, mask = fixed_image(reg, truth, kind)
+        assert mask.dtype == bool and 0.3 < mask.mean() < 1.0  # collimator (and dense pixels) masked
+        corr = np.corrcoef(img.numpy()[mask], drr.numpy()[mask])[0, 1]
+        assert 0.9 < corr < 1.0, (kind, corr)  # like the DRR, but not the DRR
+    assert torch.isfinite(img[torch.from_numpy(mask)]).all()
