@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .layout import KernelRays, run_chunked
-from .ray_kernels import raymarch_rays_cpu, sampling_args, siddon_rays_cpu
+from .layout import run_chunked, trace_rays_cpu
+from .ray_kernels import sampling_args
 
 
 @numba.njit(nogil=True, cache=True)
@@ -131,24 +131,8 @@ class _FusedRender(torch.autograd.Function):
         length = np.empty(n)
         _make_rays(m, a_ct_grid, source, pixels, src, tgt, length)
         want_jac = m_grid_cam.requires_grad
-        rays = KernelRays.prepare(data, src, tgt, reorder)
-        s_val = np.empty(n)
-        jac = np.empty((n, 6) if want_jac else (1, 6))
-        if method == "siddon":
-
-            def chunk(lo: int, hi: int) -> None:
-                siddon_rays_cpu(rays.vol, rays.src[lo:hi], rays.tgt[lo:hi], s_val[lo:hi],
-                               jac[lo:hi] if want_jac else jac, want_jac)
-
-        else:
-            n_fixed, step = sampling_args(n_samples, step_voxels)
-
-            def chunk(lo: int, hi: int) -> None:
-                raymarch_rays_cpu(rays.vol, rays.src[lo:hi], rays.tgt[lo:hi], n_fixed, step, s_val[lo:hi],
-                                 jac[lo:hi] if want_jac else jac, want_jac)
-
-        run_chunked(chunk, n)
-        s_val, jac_r = rays.restore(s_val, jac if want_jac else None)
+        n_fixed, step = sampling_args(n_samples, step_voxels)
+        s_val, jac_r = trace_rays_cpu(method, data, src, tgt, want_jac, n_fixed, step, reorder)
         if want_jac:
             _output_jacobian(a_ct_grid, src, tgt, s_val, length, jac_r)  # 48 bytes per ray kept
             ctx.fused = (m.shape[0], source, pixels, jac_r)

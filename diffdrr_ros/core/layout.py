@@ -1,6 +1,7 @@
 """How the fused CPU kernels are fed: volume layout, ray order, threads.
 
-The numba kernels (:mod:`.siddon`, :mod:`.raymarch`) walk each ray through the volume.
+The numba kernels (:mod:`.ray_kernels`, called through :func:`trace_rays_cpu`) walk each
+ray through the volume.
 What decides their speed is mostly how often that walk leaves the CPU caches, and how the
 cores are shared; both are settled here, outside the kernels, so the kernels stay simple:
 
@@ -40,6 +41,8 @@ import numba
 import numpy as np
 import torch
 from torch import Tensor
+
+from .ray_kernels import raymarch_rays_cpu, siddon_rays_cpu
 
 #: Side of the ray-grouping tiles, in voxels of the two non-dominant axes.
 TILE_VOXELS = 16
@@ -229,3 +232,42 @@ class KernelRays:
             full_j[self.order[:, None], cols[None, :]] = jac
             jac = full_j
         return full, jac
+
+
+def trace_rays_cpu(
+    method: str,
+    data: Tensor,
+    src: np.ndarray,
+    tgt: np.ndarray,
+    want_jac: bool,
+    n_fixed: int = 0,
+    step: float = 0.0,
+    reorder: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run the CPU kernel of ``method`` (``siddon``/``trilinear``) over rays ``src -> tgt``.
+
+    ``src``, ``tgt``: float64 ``N x 3`` grid coordinates. Lays the volume and the rays out
+    (:class:`KernelRays`), runs chunks on the kernel threads, and returns ``S`` (``N``) and,
+    when ``want_jac``, ``dS/d(src, tgt)`` (``N x 6``), in the caller's ray order and axes.
+    The CPU counterpart of :func:`.cuda_kernels.trace_rays`.
+    """
+    rays = KernelRays.prepare(data, src, tgt, reorder)
+    n = src.shape[0]
+    out = np.empty(n, dtype=np.float64)
+    jac = np.empty((n, 6) if want_jac else (1, 6), dtype=np.float64)
+    if method == "siddon":
+
+        def chunk(lo: int, hi: int) -> None:
+            siddon_rays_cpu(rays.vol, rays.src[lo:hi], rays.tgt[lo:hi], out[lo:hi],
+                            jac[lo:hi] if want_jac else jac, want_jac)
+
+    elif method == "trilinear":
+
+        def chunk(lo: int, hi: int) -> None:
+            raymarch_rays_cpu(rays.vol, rays.src[lo:hi], rays.tgt[lo:hi], n_fixed, step, out[lo:hi],
+                              jac[lo:hi] if want_jac else jac, want_jac)
+
+    else:
+        raise ValueError(f"unknown method {method!r} (siddon, trilinear)")
+    run_chunked(chunk, n)
+    return rays.restore(out, jac if want_jac else None)

@@ -30,15 +30,14 @@ image can jump by that much when a ray gains a sample; fix ``n_samples`` when th
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
 from . import cuda_kernels
-from .layout import KernelRays, run_chunked
-from .ray_kernels import COUNT_SLACK, raymarch_rays_cpu, sampling_args
+from .layout import trace_rays_cpu
+from .ray_kernels import COUNT_SLACK, sampling_args
 from .siddon import _box_clip
 
 
@@ -106,18 +105,8 @@ class _RaymarchNumba(torch.autograd.Function):
         want_jac = src.requires_grad or tgt.requires_grad
         src_np = src.detach().to("cpu", torch.float64).contiguous().numpy()
         tgt_np = tgt.detach().to("cpu", torch.float64).contiguous().numpy()
-        rays = KernelRays.prepare(data, src_np, tgt_np, reorder)
-        n = src_np.shape[0]
-        out = np.empty(n, dtype=np.float64)
-        jac = np.empty((n, 6) if want_jac else (1, 6), dtype=np.float64)
         n_fixed, step = sampling_args(n_samples, step_voxels)
-
-        def chunk(lo: int, hi: int) -> None:
-            raymarch_rays_cpu(rays.vol, rays.src[lo:hi], rays.tgt[lo:hi], n_fixed, step, out[lo:hi],
-                             jac[lo:hi] if want_jac else jac, want_jac)
-
-        run_chunked(chunk, n)
-        out, jac = rays.restore(out, jac if want_jac else None)
+        out, jac = trace_rays_cpu("trilinear", data, src_np, tgt_np, want_jac, n_fixed, step, reorder)
         if want_jac:
             ctx.save_for_backward(torch.from_numpy(jac).to(src.dtype))
         return torch.from_numpy(out).to(src.dtype)

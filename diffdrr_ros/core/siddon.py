@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from . import cuda_kernels
-from .layout import KernelRays, as_numpy_volume, run_chunked
-from .ray_kernels import siddon_rays_cpu
+from .layout import trace_rays_cpu
 
 
 def _box_clip(
@@ -88,11 +86,6 @@ def siddon_torch(
     return (seg * values).sum(-1)
 
 
-def _as_numpy_volume(data: Tensor) -> np.ndarray:
-    """Zero-copy view for CPU float32/float64 tensors (kept for callers of the old name)."""
-    return as_numpy_volume(data)
-
-
 class _SiddonNumba(torch.autograd.Function):
     """Autograd wrapper: forward returns ``S``; the saved Jacobian gives the backward."""
 
@@ -101,17 +94,7 @@ class _SiddonNumba(torch.autograd.Function):
         want_jac = src.requires_grad or tgt.requires_grad
         src_np = src.detach().to("cpu", torch.float64).contiguous().numpy()
         tgt_np = tgt.detach().to("cpu", torch.float64).contiguous().numpy()
-        rays = KernelRays.prepare(data, src_np, tgt_np, reorder)
-        n = src_np.shape[0]
-        out = np.empty(n, dtype=np.float64)
-        jac = np.empty((n, 6) if want_jac else (1, 6), dtype=np.float64)
-
-        def chunk(lo: int, hi: int) -> None:
-            siddon_rays_cpu(rays.vol, rays.src[lo:hi], rays.tgt[lo:hi], out[lo:hi],
-                           jac[lo:hi] if want_jac else jac, want_jac)
-
-        run_chunked(chunk, n)
-        out, jac = rays.restore(out, jac if want_jac else None)
+        out, jac = trace_rays_cpu("siddon", data, src_np, tgt_np, want_jac, reorder=reorder)
         if want_jac:
             ctx.save_for_backward(torch.from_numpy(jac).to(src.dtype))
         return torch.from_numpy(out).to(src.dtype)
