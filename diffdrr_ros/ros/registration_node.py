@@ -187,11 +187,11 @@ class RegistrationGlue:
             ("service", self.create_service(Trigger, "~/reset", self._on_reset)),
             ("timer", self.create_timer(self._p("diagnostics_period_s"), self._publish_diagnostics)),
         ]
-        # rclpy stores the bound methods themselves: remove exactly these objects on cleanup.
-        self._param_callbacks = (self._validate_parameters, self._apply_parameters)
-        self.add_on_set_parameters_callback(self._param_callbacks[0])
-        self.add_post_set_parameters_callback(self._param_callbacks[1])
-        self._configured += [("on_set", self._param_callbacks[0]), ("post_set", self._param_callbacks[1])]
+        # rclpy keeps the callback objects: _cleanup removes exactly these.
+        validate, apply = self._validate_parameters, self._apply_parameters
+        self.add_on_set_parameters_callback(validate)
+        self.add_post_set_parameters_callback(apply)
+        self._configured += [("on_set", validate), ("post_set", apply)]
         with self._lock:
             self.stats.message = "inactive (configured)"
 
