@@ -31,7 +31,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .ray_kernels import compile_ray_functions, raymarch_ray, retarget, sampling_args, siddon_ray, store_ray
+from .ray_kernels import (
+    compile_ray_functions,
+    raymarch_ray,
+    retarget,
+    sampling_args,
+    siddon_ray,
+    store_ray,
+    trace_with_gradient,
+)
 
 log = logging.getLogger(__name__)
 
@@ -159,29 +167,11 @@ def trace_rays(
     return out, (jac if want_jac else None)
 
 
-class _TraceCuda(torch.autograd.Function):
-    """Autograd wrapper: forward returns ``S``; the Jacobian from the same pass gives the backward."""
-
-    @staticmethod
-    def forward(ctx, data, src, tgt, method, n_fixed, step):  # type: ignore[override]
-        want_jac = src.requires_grad or tgt.requires_grad
-        out, jac = trace_rays(method, data, src, tgt, want_jac, n_fixed, step)
-        if want_jac:
-            ctx.save_for_backward(jac.to(src.dtype))
-        return out.to(src.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        (jac,) = ctx.saved_tensors
-        g = grad_out[:, None] * jac
-        return None, g[:, :3], g[:, 3:], None, None, None
-
-
 def siddon_cuda(
     data: Float[Tensor, "I J K"], src: Float[Tensor, "N 3"], tgt: Float[Tensor, "N 3"]
 ) -> Float[Tensor, " N"]:
     """Siddon on the GPU with the analytic gradient w.r.t. ``src``, ``tgt`` (not the volume)."""
-    return _TraceCuda.apply(data, src, tgt, "siddon", 0, 0.0)
+    return trace_with_gradient(lambda s, t, want_jac: trace_rays("siddon", data, s, t, want_jac), src, tgt)
 
 
 def raymarch_cuda(
@@ -192,7 +182,9 @@ def raymarch_cuda(
     step_voxels: float = 1.0,
 ) -> Float[Tensor, " N"]:
     """Trilinear marching on the GPU (``n_samples`` per ray, or per-ray counts from ``step_voxels``)."""
-    return _TraceCuda.apply(data, src, tgt, "trilinear", *sampling_args(n_samples, step_voxels))
+    n_fixed, step = sampling_args(n_samples, step_voxels)
+    return trace_with_gradient(lambda s, t, want_jac: trace_rays("trilinear", data, s, t, want_jac, n_fixed, step),
+                               src, tgt)
 
 
 #: Outcome of the one-time check of :func:`ready` (None: not checked yet).

@@ -237,8 +237,8 @@ class KernelRays:
 def trace_rays_cpu(
     method: str,
     data: Tensor,
-    src: np.ndarray,
-    tgt: np.ndarray,
+    src: np.ndarray | Tensor,
+    tgt: np.ndarray | Tensor,
     want_jac: bool,
     n_fixed: int = 0,
     step: float = 0.0,
@@ -246,11 +246,16 @@ def trace_rays_cpu(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Run the CPU kernel of ``method`` (``siddon``/``trilinear``) over rays ``src -> tgt``.
 
-    ``src``, ``tgt``: float64 ``N x 3`` grid coordinates. Lays the volume and the rays out
+    ``src``, ``tgt``: ``N x 3`` grid coordinates (tensors are copied to float64 arrays). Lays
+    the volume and the rays out
     (:class:`KernelRays`), runs chunks on the kernel threads, and returns ``S`` (``N``) and,
     when ``want_jac``, ``dS/d(src, tgt)`` (``N x 6``), in the caller's ray order and axes.
     The CPU counterpart of :func:`.cuda_kernels.trace_rays`.
     """
+    if isinstance(src, Tensor):
+        src = src.detach().to("cpu", torch.float64).contiguous().numpy()
+    if isinstance(tgt, Tensor):
+        tgt = tgt.detach().to("cpu", torch.float64).contiguous().numpy()
     rays = KernelRays.prepare(data, src, tgt, reorder)
     n = src.shape[0]
     out = np.empty(n, dtype=np.float64)

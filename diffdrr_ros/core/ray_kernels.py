@@ -32,6 +32,8 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+import torch
+from torch import Tensor
 
 #: Slack in the per-ray sample count of the trilinear kernel (see :func:`.raymarch.sample_counts`).
 COUNT_SLACK = 1e-6
@@ -447,3 +449,35 @@ def raymarch_rays_cpu(vol, src, tgt, n_fixed, step, out, jac, want_jac):  # prag
         res = _raymarch_ray_cpu(flat, nx, ny, nz, src[r, 0], src[r, 1], src[r, 2],
                                 tgt[r, 0], tgt[r, 1], tgt[r, 2], n_fixed, step, want_jac)
         _store_ray_cpu(out, jac, r, res, want_jac)
+
+
+# ---------------------------------------------------------------------------------------
+# Autograd: the kernels' end-point Jacobian as the backward pass (CPU and CUDA alike)
+# ---------------------------------------------------------------------------------------
+
+#: ``trace(src, tgt, want_jac) -> (S, dS/d(src, tgt) or None)``: N, N x 6 (arrays or tensors).
+Tracer = Callable[[Tensor, Tensor, bool], tuple[object, object | None]]
+
+
+class _EndpointTrace(torch.autograd.Function):
+    """Forward: ``S`` from a tracer; backward: the Jacobian the tracer returned in the same pass."""
+
+    @staticmethod
+    def forward(ctx, src: Tensor, tgt: Tensor, trace: Tracer) -> Tensor:  # type: ignore[override]
+        want_jac = src.requires_grad or tgt.requires_grad
+        out, jac = trace(src.detach(), tgt.detach(), want_jac)
+        if want_jac:
+            ctx.save_for_backward(torch.as_tensor(jac, device=src.device).to(src.dtype))
+        return torch.as_tensor(out, device=src.device).to(src.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        (jac,) = ctx.saved_tensors
+        g = grad_out[:, None] * jac
+        return g[:, :3], g[:, 3:], None
+
+
+def trace_with_gradient(trace: Tracer, src: Tensor, tgt: Tensor) -> Tensor:
+    """``S`` per ray, differentiable with respect to ``src`` and ``tgt`` (not the volume) through
+    the analytic Jacobian ``trace`` computes with it (no autograd graph through the kernel)."""
+    return _EndpointTrace.apply(src, tgt, trace)

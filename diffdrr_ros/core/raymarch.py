@@ -37,7 +37,7 @@ from torch import Tensor
 
 from . import cuda_kernels
 from .layout import trace_rays_cpu
-from .ray_kernels import COUNT_SLACK, sampling_args
+from .ray_kernels import COUNT_SLACK, sampling_args, trace_with_gradient
 from .siddon import _box_clip
 
 
@@ -97,27 +97,6 @@ def raymarch_torch(
     return h * samples.sum(-1)
 
 
-class _RaymarchNumba(torch.autograd.Function):
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx, data: Tensor, src: Tensor, tgt: Tensor, n_samples: int | None, step_voxels: float, reorder: bool
-    ) -> Tensor:
-        want_jac = src.requires_grad or tgt.requires_grad
-        src_np = src.detach().to("cpu", torch.float64).contiguous().numpy()
-        tgt_np = tgt.detach().to("cpu", torch.float64).contiguous().numpy()
-        n_fixed, step = sampling_args(n_samples, step_voxels)
-        out, jac = trace_rays_cpu("trilinear", data, src_np, tgt_np, want_jac, n_fixed, step, reorder)
-        if want_jac:
-            ctx.save_for_backward(torch.from_numpy(jac).to(src.dtype))
-        return torch.from_numpy(out).to(src.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        (jac,) = ctx.saved_tensors
-        g = grad_out[:, None] * jac
-        return None, g[:, :3], g[:, 3:], None, None, None
-
-
 def raymarch_numba(
     data: Float[Tensor, "I J K"],
     src: Float[Tensor, "N 3"],
@@ -133,7 +112,12 @@ def raymarch_numba(
     (:mod:`.layout`); same result, faster.
     """
     _check_samples(n_samples, step_voxels)
-    return _RaymarchNumba.apply(data, src, tgt, n_samples, step_voxels, reorder)
+    n_fixed, step = sampling_args(n_samples, step_voxels)
+
+    def trace(s: Tensor, t: Tensor, want_jac: bool):
+        return trace_rays_cpu("trilinear", data, s, t, want_jac, n_fixed, step, reorder)
+
+    return trace_with_gradient(trace, src, tgt)
 
 
 def _check_samples(n_samples: int | None, step_voxels: float) -> None:

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from . import cuda_kernels
 from .layout import trace_rays_cpu
+from .ray_kernels import trace_with_gradient
 
 
 def _box_clip(
@@ -86,26 +87,6 @@ def siddon_torch(
     return (seg * values).sum(-1)
 
 
-class _SiddonNumba(torch.autograd.Function):
-    """Autograd wrapper: forward returns ``S``; the saved Jacobian gives the backward."""
-
-    @staticmethod
-    def forward(ctx, data: Tensor, src: Tensor, tgt: Tensor, reorder: bool = True) -> Tensor:  # type: ignore[override]
-        want_jac = src.requires_grad or tgt.requires_grad
-        src_np = src.detach().to("cpu", torch.float64).contiguous().numpy()
-        tgt_np = tgt.detach().to("cpu", torch.float64).contiguous().numpy()
-        out, jac = trace_rays_cpu("siddon", data, src_np, tgt_np, want_jac, reorder=reorder)
-        if want_jac:
-            ctx.save_for_backward(torch.from_numpy(jac).to(src.dtype))
-        return torch.from_numpy(out).to(src.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        (jac,) = ctx.saved_tensors
-        g = grad_out[:, None] * jac
-        return None, g[:, :3], g[:, 3:], None
-
-
 def siddon_numba(
     data: Float[Tensor, "I J K"],
     src: Float[Tensor, "N 3"],
@@ -119,7 +100,10 @@ def siddon_numba(
     parallel to the rays, with the rays grouped by neighbourhood (:mod:`.layout`); the
     result is the same either way, only faster.
     """
-    return _SiddonNumba.apply(data, src, tgt, reorder)
+    def trace(s: Tensor, t: Tensor, want_jac: bool):
+        return trace_rays_cpu("siddon", data, s, t, want_jac, reorder=reorder)
+
+    return trace_with_gradient(trace, src, tgt)
 
 
 def siddon(
