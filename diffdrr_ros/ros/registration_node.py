@@ -400,9 +400,9 @@ class RegistrationGlue:
         """
         if joints.sdd_mm is None or not self._p("joints.follow_sdd") or self._p("use_camera_info"):
             return None
-        sdd = float(joints.sdd_mm)
-        if not math.isfinite(sdd) or abs(sdd - float(self.detector.sdd_mm)) <= SDD_TOLERANCE_MM:
-            return None if math.isfinite(sdd) else f"SDD {sdd} is not a number"
+        sdd = float(joints.sdd_mm)  # finite: joints_from_message refuses non-finite joints
+        if abs(sdd - float(self.detector.sdd_mm)) <= SDD_TOLERANCE_MM:
+            return None
         sid = float(self.detector.sid)
         if not sdd > sid:
             return f"SDD {sdd:.1f} mm from the joint state is not beyond the source-isocentre distance {sid:.1f} mm"
