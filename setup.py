@@ -25,7 +25,7 @@ setup(
     extras_require={"test": ["pytest"]},
     entry_points={
         "console_scripts": [
-            "diffdrr-ros = diffdrr_ros.cli:main",
+            "diffdrr-ros = diffdrr_ros.app.cli:main",
             "registration_node = diffdrr_ros.ros.registration_node:main",
             "managed_registration_node = diffdrr_ros.ros.managed_registration_node:main",
             "carm_simulator = diffdrr_ros.ros.carm_simulator:main",

@@ -4,7 +4,7 @@ A DRR of the phantom at a known pose plus white Gaussian noise (``--noise`` x th
 standard deviation) is registered ``--frames`` times (one noise draw each) from the true
 pose; the rms error of the results per parameter (camera axes: CT-centre translation in
 mm, rotation about the CT centre in degrees) is compared with the sigma that
-:func:`diffdrr_ros.core.uncertainty.pose_covariance` predicts from one frame (mean over 3
+:func:`diffdrr_ros.core.registration.uncertainty.pose_covariance` predicts from one frame (mean over 3
 draws). Ratio rms / predicted near 1: calibrated; above 1: the prediction is optimistic.
 
     .venv/bin/python bench/bench_covariance.py --size 48 --pitch 8 --noise 0.5 --frames 30
@@ -27,10 +27,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from diffdrr_ros.core.geometry import Detector  # noqa: E402
-from diffdrr_ros.core.phantoms import PHANTOMS, make_phantom  # noqa: E402
+from diffdrr_ros.core.geometry.rotations import matrix_to_axis_angle  # noqa: E402
 from diffdrr_ros.core.registration import Registrar, RegistrationConfig  # noqa: E402
-from diffdrr_ros.core.rotations import matrix_to_axis_angle  # noqa: E402
-from diffdrr_ros.core.uncertainty import pose_covariance  # noqa: E402
+from diffdrr_ros.core.registration.uncertainty import pose_covariance  # noqa: E402
+from diffdrr_ros.core.volume.phantoms import PHANTOMS, make_phantom  # noqa: E402
 
 NAMES = ("x mm", "y mm", "z (depth) mm", "rx deg", "ry deg", "rz deg")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -28,21 +29,12 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 101))
 from tqdm import tqdm
 
 from diffdrr_ros.core.geometry import Detector
-from diffdrr_ros.core.metrics import mean_target_registration_error, target_points
-from diffdrr_ros.core.phantoms import make_phantom
-from diffdrr_ros.core.xray_sim import XRayStyle
+from diffdrr_ros.core.metrics import mean_target_registration_error, percentile, target_points
+from diffdrr_ros.core.sim import XRayStyle
+from diffdrr_ros.core.volume.phantoms import make_phantom
 from diffdrr_ros.ros.carm_simulator import Simulator
 from diffdrr_ros.ros.conversions import transform_to_matrix
 from diffdrr_ros.ros.harness import GraphClient, NodeProcess
-
-
-def percentile(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    if not xs:
-        return float("nan")
-    k = (len(xs) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def main() -> int:
@@ -103,7 +95,8 @@ def main() -> int:
         n = sum(r["mode"] == mode for r in rows)
         summary[mode] = {
             "frames": n, "published": len(lat),
-            "latency_p50_s": percentile(lat, 0.5), "latency_p95_s": percentile(lat, 0.95),
+            "latency_p50_s": percentile(lat, 50) if lat else math.nan,
+            "latency_p95_s": percentile(lat, 95) if lat else math.nan,
             "mtre_median_mm": statistics.median(mtre) if mtre else float("nan"),
             "success_rate": sum(m < 2.0 for m in mtre) / max(n, 1),
         }

@@ -71,6 +71,7 @@ LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
 
 
 from diffdrr_ros.studies.timing import reset_peak_rss, status_kb  # noqa: E402  (shared with the Table 1 study)
+from diffdrr_ros.studies.timing import voxel_samples as count_voxel_samples  # noqa: E402
 
 
 def _setup_common(args: argparse.Namespace):
@@ -100,7 +101,7 @@ def _cam_rays(det, pose):
     import torch
 
     from diffdrr_ros.core.geometry import detector_points
-    from diffdrr_ros.core.rotations import apply_transform, invert_transform
+    from diffdrr_ros.core.geometry.rotations import apply_transform, invert_transform
 
     src_cam, pix_cam = detector_points(det, dtype=torch.float64)
     t_ct_cam = invert_transform(pose)
@@ -108,7 +109,7 @@ def _cam_rays(det, pose):
 
 
 def _make_ours(args, vol, det):
-    from diffdrr_ros.core.render import RenderSettings, render
+    from diffdrr_ros.core.drr import RenderSettings, render
 
     settings = RenderSettings(method=args.method, n_samples=args.samples if args.method == "trilinear" else None)
     vol = vol.to(args.device)
@@ -154,7 +155,7 @@ def _make_nanodrr(args, vol, det):
     from nanodrr.data import Subject
     from nanodrr.drr import DRR
 
-    from diffdrr_ros.core.rotations import invert_transform
+    from diffdrr_ros.core.geometry.rotations import invert_transform
 
     if args.method != "trilinear":
         raise NotImplementedError("nanodrr has no exact Siddon renderer (ray marching only)")
@@ -229,7 +230,7 @@ def worker(args: argparse.Namespace) -> dict:
         return (peak_kb - base) / 1024 if peak_kb and base else None
 
     if args.lib == "ours":  # load the compiled kernels outside the measurement (a tiny volume)
-        from diffdrr_ros.core.render import RenderSettings
+        from diffdrr_ros.core.drr import RenderSettings
         from diffdrr_ros.studies.timing import warm_kernels
 
         warm_kernels(vol.data.dtype, RenderSettings(method=args.method, n_samples=args.samples),
@@ -284,25 +285,9 @@ def worker(args: argparse.Namespace) -> dict:
 
 def voxel_samples(args: argparse.Namespace, size: int, method: str) -> float:
     """Voxel samples one call needs (``--batch`` DRRs): Siddon segments (one voxel each), or trilinear samples."""
-    import torch
-
-    from diffdrr_ros.core.render import grid_from_ct_transform
-    from diffdrr_ros.core.rotations import apply_transform
-    from diffdrr_ros.core.siddon import _box_clip
-
     a = argparse.Namespace(**{**vars(args), "size": size, "batch": 1})
     vol, det, pose = _setup_common(a)
-    src, tgt = _cam_rays(det, pose)
-    g = grid_from_ct_transform(vol.affine)
-    s = apply_transform(g, src[None]).expand(tgt.shape[0], 3)
-    t = apply_transform(g, tgt)
-    d = t - s
-    amin, amax = _box_clip(s, d, torch.tensor(vol.shape, dtype=torch.float64))
-    span = (amax - amin).clamp_min(0)
-    hit = span > 0
-    if method == "siddon":
-        return float(((d.abs().sum(-1) * span).floor() + 1)[hit].sum()) * args.batch
-    return float(hit.sum()) * args.samples * args.batch
+    return count_voxel_samples(vol, det, pose, method, args.samples if method == "trilinear" else None) * args.batch
 
 
 def _machine() -> dict:
@@ -528,7 +513,7 @@ def accuracy(args: argparse.Namespace) -> int:
     """Trilinear error of this package against a converged reference, per sample count or step."""
     import torch
 
-    from diffdrr_ros.core.render import RenderSettings, render
+    from diffdrr_ros.core.drr import RenderSettings, render
 
     size = args.sizes[0] if args.sizes else 200
     a = argparse.Namespace(**{**vars(args), "size": size, "batch": 1})

@@ -19,8 +19,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from diffdrr_ros.core.geometry import Detector  # noqa: E402
-from diffdrr_ros.core.phantoms import make_phantom  # noqa: E402
 from diffdrr_ros.core.registration import Registrar, RegistrationConfig  # noqa: E402
+from diffdrr_ros.core.volume.phantoms import make_phantom  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ def main() -> int:
     # so name the compute capability instead (the only thing numba asks of the device there).
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
 
-    from diffdrr_ros.core import cuda_kernels
+    from diffdrr_ros.core.drr import cuda as cuda_kernels
 
     siddon_kernel, raymarch_kernel = cuda_kernels._kernels()
     i64, f64 = nt.int64, nt.float64

@@ -49,10 +49,10 @@ def cmd_play(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from ..cli import _volume
+    from ..app.args import volume_from_args
     from .scoring import format_summary, score_bag
 
-    volume = _volume(args)
+    volume = volume_from_args(args)
     result = score_bag(args.bags, volume, ground_truth_topic=args.ground_truth_topic, tf_parent=args.tf_parent,
                        tf_child=args.tf_child, image_topic=args.image_topic or None, success_mm=args.success_mm,
                        out_dir=args.out)

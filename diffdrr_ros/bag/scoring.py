@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.metrics.summary import percentile
 from .common import TF, BagError, normalize_topic
 
 DEFAULT_GROUND_TRUTH_TOPIC = "/carm_sim/ground_truth"
@@ -82,10 +83,6 @@ def _truth_matrix(msgtype: str, msg: Any) -> tuple[int, str, Any]:
     from ..ros.conversions import transform_to_matrix
 
     return _stamp_ns(msg.header.stamp), msg.header.frame_id, transform_to_matrix(msg.transform)
-
-
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else None
 
 
 def _rotation_deg(a: Any, b: Any) -> float:
@@ -202,12 +199,12 @@ def score_records(
         "success_rate": successes / len(frames),
         "success_threshold_mm": success_mm,
         "mtre_mean_mm": float(np.mean(errors)) if errors else None,
-        "mtre_median_mm": _percentile(errors, 50),
-        "mtre_p95_mm": _percentile(errors, 95),
+        "mtre_median_mm": percentile(errors, 50),
+        "mtre_p95_mm": percentile(errors, 95),
         "mtre_max_mm": max(errors) if errors else None,
         "latency_frames": len(latencies),
-        "latency_p50_ms": _percentile(latencies, 50),
-        "latency_p95_ms": _percentile(latencies, 95),
+        "latency_p50_ms": percentile(latencies, 50),
+        "latency_p95_ms": percentile(latencies, 95),
         "latency_mean_ms": float(np.mean(latencies)) if latencies else None,
         "latency_max_ms": max(latencies) if latencies else None,
         "tf_without_ground_truth": len(set(estimates) - set(truth)),

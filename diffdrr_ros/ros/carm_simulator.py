@@ -24,11 +24,11 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from tf2_msgs.msg import TFMessage
 
+from ..core.drr import render
 from ..core.geometry import Detector
-from ..core.kinematics import initial_pose
-from ..core.render import render
+from ..core.geometry.kinematics import initial_pose
+from ..core.sim import JointSensor, Trajectory, XRayStyle, simulate_xray
 from ..core.volume import Volume
-from ..core.xray_sim import JointSensor, Trajectory, XRayStyle, simulate_xray
 from .conversions import (
     JointNames,
     array_to_image,
@@ -37,8 +37,7 @@ from .conversions import (
     seconds_to_stamp,
     stamped_transform,
 )
-from .registration_node import StartupError, load_ct
-from .runtime import run_node
+from .runtime import StartupError, load_ct, run_node
 
 IMAGE_TOPIC = "fluoro/image"
 JOINT_TOPIC = "carm/joint_states"
@@ -131,7 +130,7 @@ class CArmSimulatorNode(Node):
         for name, default in p.items():
             self.declare_parameter(name, default)
         g = lambda n: self.get_parameter(n).value  # noqa: E731
-        volume = load_ct(g("ct_path"), [1.0, 1.0, 1.0], 1)
+        volume = load_ct(g("ct_path"), [1.0, 1.0, 1.0])
         det = Detector(g("detector.height"), g("detector.width"), spacing_mm=tuple(g("detector.pixel_spacing_mm")),
                        sdd_mm=g("detector.sdd_mm"), sid_mm=g("detector.sid_mm") or None)
         self.sim = Simulator(

@@ -5,11 +5,14 @@
   NumPy 2). Handles row padding (``step``), endianness and the encodings fluoroscopy
   drivers send; colour is converted to grey with OpenCV.
 * Transforms: core poses are 4x4 in mm; ROS wants metres (REP-103) and quaternions.
-* Joint states: positions in rad and m -> :class:`~diffdrr_ros.core.kinematics.CArmJoints`.
+* Joint states: positions in rad and m -> :class:`~diffdrr_ros.core.geometry.kinematics.CArmJoints`.
+* Parameters and covariances: ``x y z`` (m) ``roll pitch yaw`` (rad) -> 4x4 in mm; a 6 x 6
+  covariance in mm / rad -> the row-major list a ``PoseWithCovariance`` carries, in m / rad.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,8 +24,8 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, Quaternion, Transform, TransformStamped, Vector3
 from sensor_msgs.msg import Image, JointState
 
-from ..core.kinematics import CArmJoints
-from ..core.rotations import matrix_to_quaternion
+from ..core.geometry.kinematics import CArmJoints
+from ..core.geometry.rotations import make_transform, matrix_to_quaternion, rpy_to_matrix
 
 # encoding -> (numpy dtype, channels)
 ENCODINGS: dict[str, tuple[np.dtype, int]] = {
@@ -62,6 +65,18 @@ def image_to_array(msg: Image) -> np.ndarray:
         ImageConversionError: unknown encoding, empty frame, or a buffer that does not
             match ``height``, ``width`` and ``step``.
     """
+    arr = image_to_pixels(msg)
+    if arr.shape[2] == 1:
+        return arr[..., 0]
+    return cv2.cvtColor(arr, _TO_GREY[msg.encoding])
+
+
+def image_to_pixels(msg: Image) -> np.ndarray:
+    """Decode an Image into its ``(H, W, channels)`` pixels, native byte order, rows unpadded.
+
+    Raises:
+        ImageConversionError: as :func:`image_to_array`.
+    """
     enc = msg.encoding
     if enc not in ENCODINGS:
         raise ImageConversionError(f"unsupported encoding {enc!r}; supported: {', '.join(ENCODINGS)}")
@@ -81,10 +96,7 @@ def image_to_array(msg: Image) -> np.ndarray:
     rows = np.lib.stride_tricks.as_strided(raw, shape=(h, row_bytes), strides=(step, 1))
     big = bool(msg.is_bigendian)
     arr = np.ascontiguousarray(rows).view(dtype.newbyteorder(">" if big else "<")).reshape(h, w, channels)
-    arr = arr.astype(dtype.newbyteorder("="))  # a native-endian, writable copy
-    if channels == 1:
-        return arr[..., 0]
-    return cv2.cvtColor(arr, _TO_GREY[enc])
+    return arr.astype(dtype.newbyteorder("="))  # a native-endian, writable copy
 
 
 def array_to_image(arr: np.ndarray, encoding: str, stamp: Time | None = None, frame_id: str = "") -> Image:
@@ -129,11 +141,34 @@ def matrix_to_pose(tf_mm: torch.Tensor | np.ndarray) -> Pose:
 
 def transform_to_matrix(t: Transform) -> torch.Tensor:
     """geometry_msgs/Transform (metres) -> 4x4 float64 in mm."""
-    from ..core.rotations import make_transform, quaternion_to_matrix
+    from ..core.geometry.rotations import quaternion_to_matrix
 
     q = torch.tensor([t.rotation.w, t.rotation.x, t.rotation.y, t.rotation.z], dtype=torch.float64)
     trans = torch.tensor([t.translation.x, t.translation.y, t.translation.z], dtype=torch.float64) * 1000.0
     return make_transform(quaternion_to_matrix(q), trans)
+
+
+def xyz_rpy_to_matrix(xyz_m: list[float], rpy_rad: list[float]) -> torch.Tensor:
+    """A URDF-style ``x y z`` (m) ``roll pitch yaw`` (rad) transform -> 4x4 float64 in mm."""
+    rot = rpy_to_matrix(*(float(v) for v in rpy_rad))
+    return make_transform(rot, torch.tensor([float(v) for v in xyz_m], dtype=torch.float64) * 1000.0)
+
+
+def prior_from_parameters(rotation_deg: list[float], translation_mm: list[float],
+                          ct_center: torch.Tensor) -> torch.Tensor:
+    """The node's ``prior.rotation_deg`` (roll, pitch, yaw) and ``prior.translation_mm`` -> ``T_table_ct`` (mm)."""
+    from ..core.geometry.kinematics import placement_prior
+
+    rx, ry, rz = (math.radians(float(v)) for v in rotation_deg)
+    return placement_prior(rpy_to_matrix(rx, ry, rz), torch.tensor([float(v) for v in translation_mm],
+                                                                    dtype=torch.float64), ct_center)
+
+
+def covariance_to_ros(cov_mm_rad: torch.Tensor) -> list[float]:
+    """6 x 6 pose covariance (translation first, mm and rad) -> 36 row-major values in m and rad."""
+    scale = torch.tensor([1e-3] * 3 + [1.0] * 3, dtype=torch.float64)
+    c = cov_mm_rad.to(torch.float64)
+    return (scale[:, None] * c * scale[None, :]).reshape(-1).tolist()
 
 
 def stamped_transform(tf_mm, parent: str, child: str, stamp: Time) -> TransformStamped:

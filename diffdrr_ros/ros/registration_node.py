@@ -20,7 +20,6 @@ same node as a lifecycle node (``managed_registration_node``).
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import threading
 import time
@@ -41,35 +40,40 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
-from ..core.geometry import Detector
-from ..core.kinematics import CArmJoints, cam_from_iso, default_prior, initial_pose, iso_from_ct, propagate_pose
+from ..core.geometry import CArmJoints, Detector, cam_from_iso, iso_from_ct
+from ..core.geometry.rotations import invert_transform, make_transform
 from ..core.overlay import overlay
-from ..core.phantoms import make_phantom
-from ..core.registration import FixedImageError, Registrar, RegistrationConfig, RegistrationResult, prepare_fixed
-from ..core.rotations import invert_transform, make_transform, rot_x, rot_y, rot_z
-from ..core.uncertainty import pose_covariance
-from ..core.volume import Volume, VolumeLoadError, load_volume
+from ..core.registration import (
+    FixedImageError,
+    FrameStart,
+    LostTrackGate,
+    Registrar,
+    RegistrationConfig,
+    RegistrationResult,
+    Tracker,
+    pose_covariance,
+    prepare_fixed,
+)
 from .conversions import (
     ImageConversionError,
     JointNames,
     JointStateError,
     array_to_image,
+    covariance_to_ros,
     image_to_array,
     joints_from_message,
     matrix_to_pose,
+    prior_from_parameters,
     stamp_to_seconds,
     stamped_transform,
+    xyz_rpy_to_matrix,
 )
 from .params import PARAMS
 from .qos import TF_QOS, TF_STATIC_QOS
-from .runtime import run_node
+from .runtime import StartupError, load_ct, run_node
 
 #: A joint-state SDD closer than this to the detector's (mm) does not rebuild anything.
 SDD_TOLERANCE_MM = 0.5
-
-
-class StartupError(RuntimeError):
-    """The node cannot start (unreadable CT, bad geometry, unusable device)."""
 
 
 class LatestSlot:
@@ -108,16 +112,17 @@ class NodeStats:
     last: dict[str, str] = field(default_factory=dict)
 
 
-def load_ct(path: str, spacing: list[float], downsample: int) -> Volume:
-    """``phantom:<name>`` or a file/directory; errors become :class:`StartupError`."""
-    try:
-        if path.startswith("phantom:"):
-            vol = make_phantom(path.split(":", 1)[1])
-        else:
-            vol = load_volume(path, spacing=tuple(spacing) if path.endswith(".npy") else None)
-        return vol.downsample(downsample) if downsample > 1 else vol
-    except (VolumeLoadError, ValueError, OSError) as exc:
-        raise StartupError(f"cannot load CT {path!r}: {exc}") from exc
+@dataclass
+class Frame:
+    """A decoded frame ready to register: the raw pixels, the fixed image, its mask and joints."""
+
+    msg: Image
+    stamp: float  # s
+    pixels: np.ndarray  # (H, W) as received
+    fixed: torch.Tensor  # (H, W) DRR-like units (prepare_fixed)
+    mask: np.ndarray | None  # (H, W) exposed pixels, or None
+    joints: CArmJoints
+    joint_age_s: float
 
 
 class RegistrationGlue:
@@ -141,10 +146,8 @@ class RegistrationGlue:
         self._slot = LatestSlot()  # the frame waiting for the worker (latest wins)
         self._lock = threading.Lock()
         self._joint_buffer: deque[tuple[float, CArmJoints]] = deque(maxlen=200)
-        self._last_good: tuple[torch.Tensor, CArmJoints] | None = None
-        self._recent_zncc: deque[float] = deque(maxlen=7)
-        self._last_stamp = -math.inf
-        self._wide_next = True
+        self.tracker = Tracker()  # start pose, mode and lost-track gate (core.registration.tracking)
+        self._last_stamp = -float("inf")
         self._camera_info: CameraInfo | None = None
         self._covariance_steps: torch.Tensor | None = None  # scale of the last covariance (see uncertainty)
         self._running = False
@@ -170,7 +173,8 @@ class RegistrationGlue:
             self.registrar = Registrar(volume, self.detector, self._config(), device=self._p("device"))
         except (RuntimeError, ValueError) as exc:
             raise StartupError(str(exc)) from exc
-        self.prior = self._prior(volume)
+        self.prior = prior_from_parameters(self._p("prior.rotation_deg"), self._p("prior.translation_mm"),
+                                           volume.center)
         self.get_logger().info(
             f"CT {self._p('ct_path')} {volume.shape} voxels, detector {self.detector.shape}, "
             f"device {self.registrar.device}, pyramid {self._p('registration.pyramid')}")
@@ -210,8 +214,7 @@ class RegistrationGlue:
                 self.create_subscription(CameraInfo, self._p("topics.camera_info"), self._on_camera_info, 5))
         with self._lock:
             self.stats.level, self.stats.message = DiagnosticStatus.OK, "waiting for frames"
-            self._wide_next = True  # (re)activation: the first frame gets the wide search again
-            self._last_good = None
+            self.tracker.reregister()  # (re)activation: the first frame gets the wide search again
         self._running = True
         self._worker = threading.Thread(target=self._work, name="registration", daemon=True)
         self._worker.start()
@@ -279,14 +282,6 @@ class RegistrationGlue:
             init_search=wide and bool(get("registration.init_search_first_frame")),
         )
 
-    def _prior(self, volume: Volume) -> torch.Tensor:
-        rx, ry, rz = (math.radians(v) for v in self._p("prior.rotation_deg"))
-        r = rot_z(torch.tensor(rz, dtype=torch.float64)) @ rot_y(torch.tensor(ry, dtype=torch.float64)) @ rot_x(
-            torch.tensor(rx, dtype=torch.float64))
-        b = torch.tensor(self._p("prior.translation_mm"), dtype=torch.float64)
-        # T_table_ct: rotate the CT about its centre, then put the centre at b.
-        return make_transform(r, b) @ default_prior(volume.center)
-
     def _validate_parameters(self, params) -> SetParametersResult:
         """Validate only (no side effects): the registration settings must make a config."""
         overrides = {p.name: p.value for p in params}
@@ -325,14 +320,13 @@ class RegistrationGlue:
 
     def _on_reregister(self, request, response):
         with self._lock:
-            self._wide_next = True
-            self._last_good = None
+            self.tracker.reregister()
         response.success, response.message = True, "next frame: full registration with the wide capture range"
         return response
 
     def _on_reset(self, request, response):
         with self._lock:
-            self._last_good = None
+            self.tracker.lose()
         response.success, response.message = True, "tracking reset: next frame starts from the joint-state pose"
         return response
 
@@ -358,20 +352,11 @@ class RegistrationGlue:
         return joints, abs(stamp - t)
 
     def _detector_from_camera_info(self, info: CameraInfo) -> Detector:
-        """Size, principal point and SDD from a calibrated CameraInfo (pixel pitch from parameters).
-
-        ``K = [f/dx 0 cx; 0 f/dy cy; 0 0 1]`` with ``f`` the SDD (source = pinhole centre).
-        """
-        k = list(info.k)
-        if k[0] <= 0 or k[4] <= 0:
-            raise ValueError("CameraInfo is uncalibrated (K[0] == 0)")
-        dy, dx = (float(v) for v in self._p("detector.pixel_spacing_mm"))
-        h, w = int(info.height), int(info.width)
-        x0 = ((w - 1) / 2 - k[2]) * dx
-        y0 = ((h - 1) / 2 - k[5]) * dy
+        """Size, principal point and SDD from a calibrated CameraInfo (pixel pitch from parameters)."""
         sid = self._p("detector.sid_mm")
-        return Detector(h, w, spacing_mm=(dy, dx), sdd_mm=k[0] * dx, sid_mm=sid if sid > 0 else None,
-                        principal_point_mm=(x0, y0))
+        return Detector.from_intrinsic_matrix(info.k, int(info.height), int(info.width),
+                                              tuple(self._p("detector.pixel_spacing_mm")),
+                                              sid_mm=sid if sid > 0 else None)
 
     def _update_intrinsics(self) -> None:
         """Follow the latest CameraInfo (when enabled); rebuild the CT pyramids on a change."""
@@ -389,7 +374,7 @@ class RegistrationGlue:
         if det != self.detector:
             self.get_logger().info(f"detector from CameraInfo: {det}")
             self.detector = det
-            self.registrar = Registrar(self.registrar.volume, det, self.registrar.config, device=self.registrar.device)
+            self.registrar = self.registrar.rebuilt(detector=det)
 
     def _follow_sdd(self, joints: CArmJoints) -> str | None:
         """Move the detector to the SDD the C-arm reports (``joints.follow_sdd``); the SID stays.
@@ -410,104 +395,106 @@ class RegistrationGlue:
         self.get_logger().info(f"detector follows the joint-state SDD: {float(self.detector.sdd_mm):.1f} -> "
                                f"{sdd:.1f} mm (SID {sid:.1f} mm)")
         self.detector = det
-        self.registrar = Registrar(self.registrar.volume, det, self.registrar.config, device=self.registrar.device)
+        self.registrar = self.registrar.rebuilt(detector=det)
         return None
 
     def _process(self, msg: Image, t_in: float) -> None:
+        """One frame: decode -> start pose -> register -> gate -> publish (TF first)."""
+        frame = self._decode(msg)
+        if frame is None:
+            return
+        with self._lock:
+            start = self.tracker.start(frame.joints, self.prior)
+        config = self._config(tracking=True) if start.mode == "tracking" else self._config(wide=True)
+        self._last_stamp = frame.stamp
+        result = self._register(frame.fixed, start.init_pose, config, frame.mask)
+        latency = time.perf_counter() - t_in
+        with self._lock:
+            self.stats.frames_registered += 1
+        self._publish_overlay(frame.pixels, frame.fixed, result, msg)
+        info = {
+            "mode": start.mode, "similarity": f"{result.similarity:.5f}", "zncc": f"{result.zncc:.5f}",
+            "iterations": str(result.iterations), "latency_ms": f"{latency * 1000:.1f}",
+            "registration_ms": f"{result.wall_time_s * 1000:.1f}", "stop_reason": result.stop_reason,
+            "joint_age_ms": f"{frame.joint_age_s * 1000:.1f}", "device": str(self.registrar.device),
+        }
+        accepted, verdict = self._gate(start, result)
+        if not accepted:
+            with self._lock:
+                self.tracker.lose()  # the next frame starts again from the joints
+            self._reject(f"registration rejected by the quality gate: {verdict}", info=info,
+                         level=DiagnosticStatus.WARN)
+            return
+        self._publish(frame, result, info)
+        with self._lock:
+            self.tracker.accept(result.pose, frame.joints, result.zncc)
+            self.stats.frames_published += 1
+            self.stats.level = DiagnosticStatus.OK
+            self.stats.message = f"registered ({start.mode}): {result.verdict}"
+            self.stats.last = info
+        self.get_logger().info(f"{start.mode} registration: ZNCC {result.zncc:.4f}, {result.iterations} it, "
+                               f"{latency * 1000:.0f} ms frame-to-TF")
+
+    def _decode(self, msg: Image) -> Frame | None:
+        """Check and convert a frame and pair it with its joints; None (after a rejection) if unusable."""
         self._update_intrinsics()
         stamp = stamp_to_seconds(msg.header.stamp)
         if stamp <= self._last_stamp:
             self._reject(f"out-of-order frame (stamp {stamp:.3f} s <= last {self._last_stamp:.3f} s)")
-            return
+            return None
         try:
-            frame = image_to_array(msg)
+            pixels = image_to_array(msg)
         except ImageConversionError as exc:
             self._reject(f"bad image: {exc}")
-            return
-        if frame.shape != self.detector.shape:
-            self._reject(f"wrong image size {frame.shape[0]}x{frame.shape[1]}, expected "
+            return None
+        if pixels.shape != self.detector.shape:
+            self._reject(f"wrong image size {pixels.shape[0]}x{pixels.shape[1]}, expected "
                          f"{self.detector.height}x{self.detector.width}")
-            return
+            return None
+        i0, log = self._p("image.i0"), self._p("image.log_transform")
         try:
-            i0 = self._p("image.i0")
-            log = self._p("image.log_transform")
-            fixed = prepare_fixed(frame, log_transform=log, i0=i0 if i0 > 0 else None, invert=self._p("image.invert"))
+            fixed = prepare_fixed(pixels, log_transform=log, i0=i0 if i0 > 0 else None, invert=self._p("image.invert"))
         except FixedImageError as exc:
             self._reject(f"bad image: {exc}")
-            return
+            return None
         mask = None
         dark = self._p("image.mask_dark_fraction")
         if log and dark > 0:  # unexposed pixels (collimator) carry no line integral
-            mask = frame > dark * (i0 if i0 > 0 else float(frame.max()))
+            mask = pixels > dark * (i0 if i0 > 0 else float(pixels.max()))
             if mask.mean() < 0.1:
                 self._reject(f"bad image: only {100 * mask.mean():.1f} % of the frame is exposed")
-                return
+                return None
         nearest = self._nearest_joints(stamp)
         if nearest is None:
             self._reject("no joint state received yet: cannot place the C-arm")
-            return
+            return None
         joints, age = nearest
         max_age = self._p("joints.max_age_s")
         if age > max_age:
             self._reject(f"stale joint state: nearest is {age:.3f} s from the frame (max {max_age:.3f} s)")
-            return
+            return None
         problem = self._follow_sdd(joints)
         if problem:
             self._reject(f"bad joint state: {problem}")
-            return
-        with self._lock:
-            last_good, wide = self._last_good, self._wide_next
-        if last_good is not None and not wide:
-            init = propagate_pose(last_good[0], last_good[1], joints)
-            config = self._config(tracking=True)
-            mode = "tracking"
-        else:
-            init = initial_pose(joints, self.prior)
-            config = self._config(wide=True)
-            mode = "full"
-        self._last_stamp = stamp
-        result = self._register(fixed, init, config, mask)
-        latency = time.perf_counter() - t_in
-        with self._lock:
-            self.stats.frames_registered += 1
-        self._publish_overlay(frame, fixed, result, msg)
-        info = {
-            "mode": mode, "similarity": f"{result.similarity:.5f}", "zncc": f"{result.zncc:.5f}",
-            "iterations": str(result.iterations), "latency_ms": f"{latency * 1000:.1f}",
-            "registration_ms": f"{result.wall_time_s * 1000:.1f}", "stop_reason": result.stop_reason,
-            "joint_age_ms": f"{age * 1000:.1f}", "device": str(self.registrar.device),
-        }
-        verdict = result.verdict
-        with self._lock:
-            recent = list(self._recent_zncc)
-        if result.accepted and mode == "tracking" and len(recent) >= 3:
-            reference = float(np.median(recent))
-            # Absolute, or relative to the frames' own mismatch: real frames (scatter, hardening)
-            # sit well below ZNCC 1 and vary more from view to view than DRR-like ones.
-            drop = max(self._p("registration.max_similarity_drop"),
-                       self._p("registration.max_similarity_drop_relative") * (1.0 - reference))
-            if result.zncc < reference - drop:
-                result.accepted = False
-                verdict = (f"ZNCC {result.zncc:.4f} dropped more than {drop:.4f} below the recent median "
-                           f"{reference:.4f} (lost track)")
+            return None
+        return Frame(msg, stamp, pixels, fixed, mask, joints, age)
+
+    def _gate(self, start: FrameStart, result: RegistrationResult) -> tuple[bool, str]:
+        """The registration's own verdict, then (tracking frames) the lost-track gate."""
         if not result.accepted:
-            with self._lock:
-                self._last_good = None  # the next frame starts again from the joints
-            self._reject(f"registration rejected by the quality gate: {verdict}", info=info,
-                         level=DiagnosticStatus.WARN)
-            return
-        iso_ct = iso_from_ct(result.pose, joints)
-        self._publish_tf(iso_ct, joints, msg.header.stamp)  # first: the covariance costs 26 DRRs
-        self._publish_pose(iso_ct, msg.header.stamp, self._covariance(fixed, result, joints, mask, info))
+            return False, result.verdict
+        gate = LostTrackGate(self._p("registration.max_similarity_drop"),
+                             self._p("registration.max_similarity_drop_relative"))
         with self._lock:
-            self._last_good = (result.pose, joints)
-            self._recent_zncc.append(result.zncc)
-            self._wide_next = False
-            self.stats.frames_published += 1
-            self.stats.level, self.stats.message = DiagnosticStatus.OK, f"registered ({mode}): {result.verdict}"
-            self.stats.last = info
-        self.get_logger().info(f"{mode} registration: ZNCC {result.zncc:.4f}, {result.iterations} it, "
-                               f"{latency * 1000:.0f} ms frame-to-TF")
+            ok, why = self.tracker.gate(start, result.zncc, gate)
+        return (True, result.verdict) if ok else (False, why)
+
+    def _publish(self, frame: Frame, result: RegistrationResult, info: dict) -> None:
+        """TF first (the covariance costs DRRs), then ``~/ct_pose`` with the covariance."""
+        iso_ct = iso_from_ct(result.pose, frame.joints)
+        stamp = frame.msg.header.stamp
+        self._publish_tf(iso_ct, frame.joints, stamp)
+        self._publish_pose(iso_ct, stamp, self._covariance(frame.fixed, result, frame.joints, frame.mask, info))
 
     def _register(self, fixed, init, config: RegistrationConfig, mask) -> RegistrationResult:
         self.registrar.config = config  # its CT pyramids are built once per pyramid and kept
@@ -516,7 +503,7 @@ class RegistrationGlue:
         except torch.OutOfMemoryError:
             self.get_logger().error("CUDA out of memory: falling back to the CPU for the rest of the run")
             torch.cuda.empty_cache()
-            self.registrar = Registrar(self.registrar.volume, self.detector, config, device="cpu")
+            self.registrar = self.registrar.rebuilt(device="cpu")
             return self.registrar.register(fixed, init, mask=mask)
 
     # ------------------------------------------------------------------ outputs
@@ -535,10 +522,8 @@ class RegistrationGlue:
     def _publish_static(self) -> None:
         if not self.frames["world"]:
             return
-        x, y, z, roll, pitch, yaw = (float(v) for v in self._p("frames.world_to_carm"))
-        r = (rot_z(torch.tensor(yaw, dtype=torch.float64)) @ rot_y(torch.tensor(pitch, dtype=torch.float64))
-             @ rot_x(torch.tensor(roll, dtype=torch.float64)))
-        tf = make_transform(r, torch.tensor([x, y, z], dtype=torch.float64) * 1000.0)
+        values = [float(v) for v in self._p("frames.world_to_carm")]
+        tf = xyz_rpy_to_matrix(values[:3], values[3:])
         stamp = self.get_clock().now().to_msg()
         self.tf_static_pub.publish(TFMessage(transforms=[
             stamped_transform(tf, self.frames["world"], self.frames["carm"], stamp)]))
@@ -558,9 +543,7 @@ class RegistrationGlue:
         info.update(sigma_inplane_mm=f"{float(sig[:2].max()):.3f}", sigma_depth_mm=f"{float(sig[2]):.3f}",
                     sigma_rotation_deg=f"{float(cov.sigma_deg.max()):.4f}")
         r_iso_cam = invert_transform(cam_from_iso(joints))[:3, :3]
-        c = cov.about_origin(r_iso_cam)  # mm, rad
-        scale = torch.tensor([1e-3] * 3 + [1.0] * 3, dtype=c.dtype)  # mm -> m for the translation rows/columns
-        return (scale[:, None] * c * scale[None, :]).reshape(-1).tolist()
+        return covariance_to_ros(cov.about_origin(r_iso_cam))  # isocentre axes
 
     def _publish_tf(self, iso_ct: torch.Tensor, joints: CArmJoints, stamp) -> None:
         sid = float(self.detector.sid)

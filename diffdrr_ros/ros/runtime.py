@@ -1,4 +1,4 @@
-"""Process entry for the package's nodes: clean start-up errors, clean Ctrl-C."""
+"""Process entry for the package's nodes: start-up errors (one line, exit 1), the CT, clean Ctrl-C."""
 
 from __future__ import annotations
 
@@ -8,6 +8,24 @@ from collections.abc import Callable
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+
+from ..core.volume import Volume, VolumeLoadError, open_ct
+
+
+class StartupError(RuntimeError):
+    """A node cannot start (unreadable CT, bad geometry, unusable device)."""
+
+
+def load_ct(path: str, spacing_mm: list[float] | None = None, downsample: int = 1) -> Volume:
+    """The node's ``ct_path`` (``phantom:<name>`` or a file/directory); errors become :class:`StartupError`.
+
+    ``spacing_mm`` is the voxel size of a ``.npy`` file (other formats carry their own).
+    """
+    try:
+        spacing = tuple(spacing_mm) if spacing_mm is not None and path.endswith(".npy") else None
+        return open_ct(path, spacing_mm=spacing, downsample=downsample)
+    except (VolumeLoadError, ValueError, OSError) as exc:
+        raise StartupError(f"cannot load CT {path!r}: {exc}") from exc
 
 
 def run_node(make_node: Callable[[], Node], name: str, fatal: tuple[type[BaseException], ...],

@@ -32,9 +32,8 @@ import torch
 from torch import Tensor
 
 from ..core.geometry import Detector
-from ..core.phantoms import PHANTOMS, make_phantom
 from ..core.registration import Registrar, RegistrationConfig, RegistrationResult, perturb_pose
-from ..core.volume import Volume, load_volume
+from ..core.volume import PHANTOMS, Volume, ct_source, open_ct
 
 SUCCESS_MTRE_MM = 2.0
 SEED_ZNCC = 0.999
@@ -71,10 +70,8 @@ def add_problem_arguments(p: argparse.ArgumentParser, *, size: int = 64) -> None
 
 def problem_from_args(args: argparse.Namespace) -> Problem:
     set_threads(args.threads)
-    if args.ct is not None:
-        vol, name = load_volume(args.ct), Path(args.ct).name
-    else:
-        vol, name = make_phantom(args.phantom), f"phantom:{args.phantom}"
+    vol = open_ct(ct_source(args.ct, args.phantom))
+    name = Path(args.ct).name if args.ct is not None else f"phantom:{args.phantom}"
     spacing = args.spacing or 400.0 / args.size
     det = Detector(args.size, args.size, spacing_mm=(spacing, spacing), sdd_mm=args.sdd, sid_mm=args.sid)
     return Problem(name, vol, det, tuple(float(v) for v in args.truth))
@@ -155,7 +152,7 @@ def run_registrations(
     ``mask``: pixels that carry signal (a collimated X-ray frame), as for :meth:`Registrar.register`.
     """
     rows = []
-    bar = _progress(range(starts.shape[0]), progress, desc)
+    bar = progress_bar(range(starts.shape[0]), progress, desc)
     for i in bar:
         curve: list[float] = []
         cb = None
@@ -172,7 +169,7 @@ def run_registrations(
     return rows
 
 
-def _progress(it: Iterable, enabled: bool, desc: str):
+def progress_bar(it: Iterable, enabled: bool, desc: str):
     if not enabled:
         return it
     from tqdm import tqdm

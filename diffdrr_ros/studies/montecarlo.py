@@ -26,9 +26,9 @@ import math
 import numpy as np
 import torch
 
+from ..core.drr import RenderSettings, render
 from ..core.registration import Registrar, prepare_fixed
-from ..core.render import RenderSettings, render
-from ..core.xray_sim import XRayStyle, collimator_mask, simulate_xray
+from ..core.sim import XRayStyle, collimator_mask, simulate_xray
 from . import common
 
 

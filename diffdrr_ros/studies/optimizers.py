@@ -4,7 +4,7 @@ Each optimiser registers the DRR at the truth from the same ``--n`` starts, unde
 more set-ups (``--presets``): ``seed`` (the paper's protocol: one full-resolution level,
 its C-arm parameters, -ZNCC, 250 iterations, no schedule) and ``default`` (this package's
 pipeline: coarse search, pyramid, plateau schedule). Step sizes are each optimiser's
-defaults (:data:`diffdrr_ros.core.optimizers.DEFAULT_STEP_SIZES`), separate for rotation
+defaults (:data:`diffdrr_ros.core.registration.optimizers.DEFAULT_STEP_SIZES`), separate for rotation
 and translation as in the seed. Reported per optimiser: success rate (mTRE < 2 mm), the
 seed's criterion (ZNCC > 0.999), iterations and wall time per registration.
 
@@ -18,8 +18,8 @@ import argparse
 
 import numpy as np
 
-from ..core.optimizers import OPTIMIZERS
 from ..core.registration import Registrar
+from ..core.registration.optimizers import OPTIMIZERS
 from . import common
 
 SEED_TABLE2 = {"gd": None, "gdm": 0.668, "gddm": 0.756, "adam": 0.857}

@@ -3,7 +3,7 @@
 The seed (a T4 GPU, Google Colab, averaged over 15 runs) rendered DRRs of 100 x 100 to
 600 x 600 pixels whole, 600 x 600 to 1800 x 1800 in 150 x 150 patches, and 1024 x 1024 in
 patches of 16 to 512 pixels. This study renders the same configurations with
-:func:`diffdrr_ros.core.render.render` and reports, per configuration:
+:func:`diffdrr_ros.core.drr.render` and reports, per configuration:
 
 * time per DRR (mean +- standard deviation like the seed, and the median), forward only
   by default (``--backward`` adds forward + backward to the pose);
@@ -48,7 +48,7 @@ SEED_TABLE1: list[tuple[int, int | None, float, float]] = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..core.phantoms import PHANTOMS
+    from ..core.volume.phantoms import PHANTOMS
 
     src = p.add_mutually_exclusive_group()
     src.add_argument("--ct", type=Path, default=None, help="CT: DICOM dir, .nii/.nii.gz or .npy (default: phantom)")
@@ -121,10 +121,9 @@ def reset_peak_rss() -> bool:
 
 
 def _load_volume(opts: dict):
-    from ..core.phantoms import make_phantom
-    from ..core.volume import load_volume
+    from ..core.volume import ct_source, open_ct
 
-    vol = load_volume(opts["ct"]) if opts.get("ct") else make_phantom(opts["phantom"])
+    vol = open_ct(ct_source(opts.get("ct") or None, opts.get("phantom")))
     if vol.kind == "hu":
         vol = vol.to_attenuation()
     return vol
@@ -134,22 +133,20 @@ def voxel_samples(vol, det, pose, method: str, n_samples: int | None, chunk: int
     """Voxel samples of one DRR: Siddon segments, or trilinear samples, summed over rays."""
     import torch
 
+    from ..core.drr import box_clip, grid_from_ct_transform, rays_in_grid, sample_counts
     from ..core.geometry import detector_points
-    from ..core.raymarch import sample_counts
-    from ..core.render import grid_from_ct_transform
-    from ..core.rotations import apply_transform, invert_transform
-    from ..core.siddon import _box_clip
+    from ..core.geometry.rotations import invert_transform
 
-    m = grid_from_ct_transform(vol.affine) @ invert_transform(pose.to(torch.float64).cpu())
+    grid_from_ct = grid_from_ct_transform(vol.affine)
+    t_ct_cam = invert_transform(pose.to(torch.float64).cpu())[None]
     src, pix = detector_points(det, dtype=torch.float64)
-    s = apply_transform(m, src[None])[0]
     pix = pix.reshape(-1, 3)
     size = torch.tensor(vol.shape, dtype=torch.float64)
     total = 0.0
     for i in range(0, pix.shape[0], chunk):
-        t = apply_transform(m, pix[i:i + chunk])
+        s, t, _ = rays_in_grid(grid_from_ct, t_ct_cam, src, pix[i:i + chunk])
         d = t - s
-        amin, amax = _box_clip(s.expand_as(t), d, size)
+        amin, amax = box_clip(s, d, size)
         span = (amax - amin).clamp_min(0)
         hit = span > 0
         if method == "siddon":
@@ -167,8 +164,8 @@ def warm_kernels(dtype, settings, device) -> None:
 
     import torch
 
+    from ..core.drr import render
     from ..core.geometry import Detector, carm_to_matrix
-    from ..core.render import render
     from ..core.volume import Volume
 
     tiny = Volume.from_array(torch.rand(6, 5, 4, dtype=dtype), 10.0, kind="raw").to(device)
@@ -183,15 +180,9 @@ def measure(opts: dict) -> dict:
     """Render one configuration ``repeats`` times; times, throughput and peak memory."""
     import torch
 
+    from ..core.drr import RenderSettings, plan_patches, render, resolve_backend, resolve_device
+    from ..core.drr.render import bytes_per_ray
     from ..core.geometry import Detector, carm_to_matrix
-    from ..core.render import (
-        RenderSettings,
-        _bytes_per_ray,
-        _resolve_backend,
-        plan_patches,
-        render,
-        resolve_device,
-    )
     from . import common
 
     common.set_threads(opts.get("threads"))
@@ -207,9 +198,9 @@ def measure(opts: dict) -> dict:
     if patch:
         n_tiles = math.ceil(size / patch) ** 2
     else:
-        backend = _resolve_backend(settings.backend, device)
+        backend = resolve_backend(settings.backend, device)
         n_est = settings.n_samples or math.ceil(max(vol.shape) / settings.step_voxels)
-        per_ray = _bytes_per_ray(settings.method, backend, tuple(vol.shape), n_est)
+        per_ray = bytes_per_ray(settings.method, backend, tuple(vol.shape), n_est)
         n_tiles = len(plan_patches(size, size, int(settings.memory_budget_mb * 2**20 / per_ray)))
     samples = voxel_samples(vol, det, pose, opts["method"], opts.get("samples"))
     cuda = device.type == "cuda"
@@ -301,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
     info = common.machine_info()
     load_start = _loadavg()
     rows = []
-    bar = common._progress(configs, not args.no_progress, "timing")
+    bar = common.progress_bar(configs, not args.no_progress, "timing")
     for cfg in bar:
         opts = {**base, "size": cfg["size"], "patch": cfg["patch"]}
         if hasattr(bar, "set_postfix_str"):

@@ -5,18 +5,22 @@ import pytest
 import torch
 from sensor_msgs.msg import Image, JointState
 
-from diffdrr_ros.core.kinematics import CArmJoints
-from diffdrr_ros.core.rotations import make_transform, rot_x, rot_z
+from diffdrr_ros.core.geometry.kinematics import CArmJoints
+from diffdrr_ros.core.geometry.rotations import make_transform, rot_x, rot_y, rot_z
 from diffdrr_ros.ros.conversions import (
     ImageConversionError,
     JointNames,
     JointStateError,
     array_to_image,
+    covariance_to_ros,
     image_to_array,
+    image_to_pixels,
     joints_from_message,
     joints_to_message,
     matrix_to_transform,
+    prior_from_parameters,
     transform_to_matrix,
+    xyz_rpy_to_matrix,
 )
 
 
@@ -76,3 +80,25 @@ def test_joint_states():
         joints_from_message(JointState(name=["table_x"], position=[0.0]), names)
     with pytest.raises(JointStateError, match="non-finite"):
         joints_from_message(JointState(name=[names.lao, names.cranial], position=[float("nan"), 0.0]), names)
+
+
+def test_parameter_units_change_here_once():
+    tf = xyz_rpy_to_matrix([0.1, -0.2, 0.3], [0.1, 0.2, 0.3])  # m, rad -> mm
+    t = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+    want = make_transform(rot_z(t(0.3)) @ rot_y(t(0.2)) @ rot_x(t(0.1)), t([100.0, -200.0, 300.0]))
+    torch.testing.assert_close(tf, want)
+    cov = torch.diag(torch.tensor([4.0, 9.0, 16.0, 1e-4, 2e-4, 3e-4], dtype=torch.float64))  # mm^2, rad^2
+    ros = torch.tensor(covariance_to_ros(cov), dtype=torch.float64).reshape(6, 6)
+    torch.testing.assert_close(ros.diag(), torch.tensor([4e-6, 9e-6, 16e-6, 1e-4, 2e-4, 3e-4], dtype=torch.float64))
+    center = t([10.0, 20.0, 30.0])
+    prior = prior_from_parameters([0.0, 0.0, 90.0], [5.0, 0.0, 0.0], center)
+    torch.testing.assert_close(prior[:3, :3] @ center + prior[:3, 3], t([5.0, 0.0, 0.0]))  # CT centre -> b
+    torch.testing.assert_close(prior[:3, :3], rot_z(t(torch.pi / 2)))
+
+
+def test_pixels_keep_colour_and_honour_the_row_stride():
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    msg = array_to_image(rgb, "rgb8")
+    padded = Image(height=2, width=3, encoding="rgb8", step=12,
+                   data=bytes(msg.data[:9]) + b"\0" * 3 + bytes(msg.data[9:]) + b"\0" * 3)
+    np.testing.assert_array_equal(image_to_pixels(padded), rgb)

@@ -19,8 +19,8 @@ import pytest
 
 from diffdrr_ros.bag import record_messages, score_bag
 from diffdrr_ros.core.geometry import Detector
-from diffdrr_ros.core.phantoms import make_phantom
-from diffdrr_ros.core.xray_sim import Trajectory, XRayStyle
+from diffdrr_ros.core.sim import Trajectory, XRayStyle
+from diffdrr_ros.core.volume.phantoms import make_phantom
 from diffdrr_ros.ros.carm_simulator import IMAGE_TOPIC, Simulator, simulate_messages
 from diffdrr_ros.ros.conversions import array_to_image, image_to_array
 from diffdrr_ros.ros.harness import REPO, NodeProcess, ros_env
@@ -62,14 +62,14 @@ def _run(tmp: Path, bad: bool) -> tuple[dict, NodeProcess]:
     record_messages(sim_bag, _simulated(bad))
     node = NodeProcess(NODE_PARAMS, tmp / "node.log")
     env = ros_env()
-    rec = subprocess.Popen([sys.executable, "-m", "diffdrr_ros.cli", "bag", "record", str(out_bag), "--topics",
+    rec = subprocess.Popen([sys.executable, "-m", "diffdrr_ros.app.cli", "bag", "record", str(out_bag), "--topics",
                             "/tf", IMAGE_TOPIC, "--no-progress", "--discovery-timeout", "30"],
                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(4.0)  # node and recorder come up (the node loads the CT, the recorder discovers)
         assert node.alive(), node.log()
-        play = subprocess.run([sys.executable, "-m", "diffdrr_ros.cli", "bag", "play", str(sim_bag), "--rate", "0.5",
-                               "--no-progress", "--wait-for-subscribers", "20"],
+        play = subprocess.run([sys.executable, "-m", "diffdrr_ros.app.cli", "bag", "play", str(sim_bag),
+                               "--rate", "0.5", "--no-progress", "--wait-for-subscribers", "20"],
                               env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert play.returncode == 0, play.stdout + play.stderr
         time.sleep(4.0)  # the last registrations finish

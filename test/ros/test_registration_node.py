@@ -21,12 +21,12 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import Trigger
 
+from diffdrr_ros.core.drr import render, to_intensity
 from diffdrr_ros.core.geometry import Detector
-from diffdrr_ros.core.kinematics import CArmJoints, cam_from_iso, initial_pose
+from diffdrr_ros.core.geometry.kinematics import CArmJoints, cam_from_iso, initial_pose
+from diffdrr_ros.core.geometry.rotations import invert_transform, make_transform, rot_z
 from diffdrr_ros.core.metrics import mean_target_registration_error, target_points
-from diffdrr_ros.core.phantoms import make_phantom
-from diffdrr_ros.core.render import render, to_intensity
-from diffdrr_ros.core.rotations import invert_transform, make_transform, rot_z
+from diffdrr_ros.core.volume.phantoms import make_phantom
 from diffdrr_ros.ros.conversions import (
     JointNames,
     array_to_image,

@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from diffdrr_ros import studies
-from diffdrr_ros.cli import build_parser, main
+from diffdrr_ros.app.cli import build_parser, main
 
 
 def test_registry_lists_the_seed_studies_with_the_same_two_functions():

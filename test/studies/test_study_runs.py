@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from diffdrr_ros.cli import main
+from diffdrr_ros.app.cli import main
 from diffdrr_ros.studies import common
 from diffdrr_ros.studies.landscape import capture_range
 
@@ -86,8 +86,8 @@ def test_montecarlo_fixed_image_kinds():
     import torch
 
     from diffdrr_ros.core.geometry import Detector
-    from diffdrr_ros.core.phantoms import make_phantom
     from diffdrr_ros.core.registration import Registrar, RegistrationConfig
+    from diffdrr_ros.core.volume.phantoms import make_phantom
     from diffdrr_ros.studies.montecarlo import FIXED_KINDS, fixed_image
 
     reg = Registrar(make_phantom("head_tiny"), Detector(32, 32, spacing_mm=(16.0, 16.0)), RegistrationConfig(),

@@ -1,0 +1,232 @@
+"""``diffdrr-ros``: command-line entry to the core (render, register, environment info).
+
+Sub-commands (each has ``--help``):
+
+* ``render``   - one DRR of a CT or built-in phantom at a C-arm pose, to .npy or .png.
+* ``register`` - register one X-ray frame to a CT; prints pose, similarity, time (and mTRE).
+* ``info``     - the environment: ROS distro, rmw, torch, device.
+* ``demo``     - the README's main job.
+
+Poses on the command line are the seed's C-arm parameters in degrees and millimetres:
+``THETA PHI GAMMA BX BY BZ`` (cranial, LAO, detector rotation, translation of the CT centre
+from the isocentre); see :mod:`diffdrr_ros.core.geometry`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.geometry import carm_to_matrix
+from ..core.volume import PHANTOMS, VolumeLoadError
+from .args import add_detector_args, add_volume_args, detector_from_args, volume_from_args
+from .environment import environment_report
+
+
+def _pose_args(values: list[float]) -> tuple[list[float], list[float]]:
+    return [math.radians(v) for v in values[:3]], list(values[3:])
+
+
+def _save_image(path: Path, image: np.ndarray) -> None:
+    """``.npy`` keeps the float values; ``.png`` is a 16-bit min-max normalised picture."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".npy":
+        np.save(path, image)
+        return
+    import cv2
+
+    lo, hi = float(image.min()), float(image.max())
+    scaled = np.zeros_like(image) if hi <= lo else (image - lo) / (hi - lo)
+    if not cv2.imwrite(str(path), (scaled * 65535).round().astype(np.uint16)):
+        raise OSError(f"could not write {path}")
+
+
+def load_xray(path: Path) -> np.ndarray:
+    """Read an X-ray frame: .npy, an image file (.png/.tif/...) or a DICOM file; grey 2-D."""
+    if path.suffix == ".npy":
+        return np.load(path)
+    if path.suffix.lower() in (".dcm", ".dicom", ""):
+        import pydicom
+
+        return pydicom.dcmread(path).pixel_array
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise OSError(f"could not read image {path}")
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY if img.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+    return img
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from ..core.drr import RenderSettings, render, resolve_device, to_intensity
+
+    vol = volume_from_args(args)
+    if not args.raw:
+        vol = vol.to_attenuation() if vol.kind == "hu" else vol
+    det = detector_from_args(args)
+    device = resolve_device(args.device)
+    angles, trans = _pose_args(args.pose)
+    pose = carm_to_matrix(torch.tensor(angles, dtype=torch.float64), torch.tensor(trans, dtype=torch.float64),
+                          vol.center)
+    settings = RenderSettings(method=args.method, n_samples=args.samples,
+                              patch_size=tuple(args.patch) if args.patch else None)
+    with torch.no_grad():
+        img = render(vol.to(device), pose.to(device), det, settings)
+    if args.intensity:
+        img = to_intensity(img)
+    _save_image(args.out, img.cpu().numpy())
+    print(f"wrote {args.out}  ({det.height}x{det.width}, min {float(img.min()):.4g}, max {float(img.max()):.4g}, "
+          f"{'raw voxel values' if args.raw else 'attenuation'} x mm, device {device})")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from ..core.geometry import matrix_to_carm
+    from ..core.registration import Registrar, RegistrationConfig, prepare_fixed
+
+    vol = volume_from_args(args)
+    frame = load_xray(args.xray)
+    fixed = prepare_fixed(frame, log_transform=args.log_transform, invert=args.invert)
+    det = detector_from_args(args, tuple(fixed.shape))
+    cfg = RegistrationConfig(optimizer=args.optimizer, similarity=args.similarity, compare=args.compare,
+                             max_iterations=args.max_iterations, init_search=args.init_search,
+                             **({"pyramid": tuple(args.pyramid)} if args.pyramid else {}))
+    reg = Registrar(vol, det, cfg, device=args.device)
+    init = reg.pose_from_carm(*_pose_args(args.init))
+    truth = reg.pose_from_carm(*_pose_args(args.truth)) if args.truth else None
+    result = reg.register(fixed, init, truth=truth)
+    angles, trans = matrix_to_carm(result.pose, reg.center)
+    deg = [round(math.degrees(a), 3) for a in angles.tolist()]
+    print(f"pose (theta, phi, gamma deg; bx, by, bz mm): {deg} {[round(t, 3) for t in trans.tolist()]}")
+    print(f"similarity {cfg.similarity}={result.similarity:.5f}  zncc={result.zncc:.5f}  "
+          f"iterations={result.iterations}  time={result.wall_time_s:.2f}s  device={reg.device}")
+    if result.mtre_mm is not None:
+        print(f"mTRE {result.mtre_mm:.3f} mm  ({'success' if result.success else 'failure'} at < 2 mm)")
+    print(f"verdict: {result.verdict}")
+    if args.json:
+        payload = result.to_dict()
+        payload["pose_carm_deg_mm"] = deg + trans.tolist()
+        args.json.write_text(json.dumps(payload, indent=2))
+    return 0 if result.accepted else 2
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    for k, v in environment_report().items():
+        print(f"{k:>16}: {v}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out, n_frames=args.frames, phantom=args.phantom or "head", device=args.device)
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    """Write the simulated C-arm's topics to a rosbag2 bag, offline (no ROS graph needed)."""
+    from ..bag import record_messages
+    from ..core.sim import Trajectory, XRayStyle
+    from ..ros.carm_simulator import Simulator, simulate_messages
+
+    det = detector_from_args(args)
+    sim = Simulator(volume_from_args(args), det, Trajectory(kind=args.trajectory, seed=args.seed),
+                    XRayStyle(i0=args.i0, bits=args.bits, invert=args.invert), seed=args.seed)
+    counts = record_messages(args.bag, simulate_messages(sim, args.frames, frame_rate_hz=args.rate),
+                             storage=args.storage)
+    print(f"wrote {args.bag} ({args.storage}): " + ", ".join(f"{t} x{n}" for t, n in sorted(counts.items())))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffdrr-ros", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("render", help="render one DRR to .npy/.png")
+    add_volume_args(p)
+    add_detector_args(p)
+    p.add_argument("--pose", type=float, nargs=6, default=[0, 0, 0, 0, 0, 0],
+                   metavar=("THETA", "PHI", "GAMMA", "BX", "BY", "BZ"), help="C-arm pose, degrees and mm")
+    p.add_argument("--method", choices=["siddon", "trilinear"], default="siddon")
+    p.add_argument("--samples", type=int, default=None, help="trilinear samples per ray")
+    p.add_argument("--patch", type=int, nargs=2, default=None, metavar=("PH", "PW"), help="patch size (pixels)")
+    p.add_argument("--raw", action="store_true", help="integrate raw voxel values (no HU -> attenuation mapping)")
+    p.add_argument("--intensity", action="store_true", help="write exp(-line integral) instead of the integral")
+    p.add_argument("--out", type=Path, default=Path("drr.png"))
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("register", help="register one X-ray frame to a CT")
+    add_volume_args(p)
+    add_detector_args(p)
+    p.add_argument("--xray", type=Path, required=True, help="frame: .npy, .png/.tif, or .dcm")
+    p.add_argument("--init", type=float, nargs=6, required=True, metavar=("THETA", "PHI", "GAMMA", "BX", "BY", "BZ"))
+    p.add_argument("--truth", type=float, nargs=6, default=None, help="ground-truth pose, to report the mTRE")
+    p.add_argument("--optimizer", choices=["adam", "gd", "gdm", "gddm"], default="adam")
+    p.add_argument("--similarity", default="gncc",
+                   help="zncc, l2, pncc, mncc, gncc, mncc+gncc (default gncc: with --compare intensity it is robust "
+                        "to scatter and beam hardening, see docs/results.md)")
+    p.add_argument("--compare", default="intensity", choices=["intensity", "line_integral"],
+                   help="domain of the similarity (default intensity; line_integral is the seed's)")
+    p.add_argument("--pyramid", type=int, nargs="+", default=None,
+                   help="detector downsampling factors, coarse to fine (default: the core's, 2 1)")
+    p.add_argument("--max-iterations", type=int, default=150, help="per pyramid level")
+    p.add_argument("--init-search", action=argparse.BooleanOptionalAction, default=True,
+                   help="batch search around --init first (capture range +-45 deg / +-60 mm; default on)")
+    p.add_argument("--log-transform", action="store_true", help="frame holds raw intensities: use -log(I/I0)")
+    p.add_argument("--invert", action="store_true", help="negate the frame")
+    p.add_argument("--json", type=Path, default=None, help="write the result as JSON")
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("info", help="print ROS distro, rmw, torch and device")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="the README's main job (see diffdrr_ros/app/demo.py)")
+    p.add_argument("--out", type=Path, default=Path("out/demo"))
+    p.add_argument("--frames", type=int, default=16, help="simulated frames (1 per second)")
+    p.add_argument("--phantom", default=None, choices=sorted(PHANTOMS), help="built-in phantom (default: head)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sim", help="write a bag of the simulated C-arm (frames, joints, ground truth)")
+    add_volume_args(p)
+    add_detector_args(p)
+    p.set_defaults(size=[128, 128], spacing=[3.125, 3.125], sid=750.0)
+    p.add_argument("--bag", type=Path, required=True, help="output bag directory")
+    p.add_argument("--frames", type=int, default=20)
+    p.add_argument("--rate", type=float, default=2.0, help="frames per second")
+    p.add_argument("--trajectory", choices=["sweep", "random"], default="sweep")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--i0", type=float, default=3000.0, help="counts of an unattenuated pixel")
+    p.add_argument("--bits", type=int, choices=[12, 16], default=12)
+    p.add_argument("--invert", action="store_true")
+    p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
+    p.set_defaults(func=cmd_sim)
+
+    from ..bag import add_bag_parser
+
+    add_bag_parser(sub)
+
+    from ..studies import add_study_parser
+
+    add_study_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (VolumeLoadError, OSError, ValueError, RuntimeError) as exc:
+        print(f"diffdrr-ros {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

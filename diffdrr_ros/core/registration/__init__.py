@@ -1,0 +1,45 @@
+"""Intensity-based 2D/3D registration with the differentiable DRR (the seed's loop and beyond).
+
+* :class:`Registrar` (:mod:`.registrar`) - a CT prepared once (pyramid), registered to many frames;
+* :class:`RegistrationConfig` (:mod:`.config`), :class:`RegistrationResult` (:mod:`.result`);
+* :mod:`.fixed_image` - frame checks and units; :mod:`.search` - the wide initial search;
+  :mod:`.parameterization` - the optimiser's view of the pose; :mod:`.optimizers` - the
+  seed's GD / momentum / damped momentum / Adam with separate rotation and translation steps;
+* :mod:`.uncertainty` - the pose covariance from the loss curvature;
+* :mod:`.tracking` - what the node does frame after frame (start pose, lost-track gate).
+"""
+
+from ..geometry.carm import perturb_pose
+from .config import COMPARE_DOMAINS, RegistrationConfig, similarity_fn
+from .fixed_image import FixedImageError, centroid_mm, downsample_image, prepare_fixed
+from .optimizers import DEFAULT_STEP_SIZES, OPTIMIZERS, make_optimizer
+from .parameterization import PARAMETERIZATIONS, initial_params, params_to_pose
+from .registrar import Registrar, coarsen_to_footprint
+from .result import RegistrationResult
+from .tracking import FrameStart, LostTrackGate, Tracker
+from .uncertainty import PoseCovariance, pose_covariance
+
+__all__ = [
+    "COMPARE_DOMAINS",
+    "DEFAULT_STEP_SIZES",
+    "OPTIMIZERS",
+    "PARAMETERIZATIONS",
+    "FixedImageError",
+    "FrameStart",
+    "LostTrackGate",
+    "PoseCovariance",
+    "Registrar",
+    "RegistrationConfig",
+    "RegistrationResult",
+    "Tracker",
+    "centroid_mm",
+    "coarsen_to_footprint",
+    "downsample_image",
+    "initial_params",
+    "make_optimizer",
+    "params_to_pose",
+    "perturb_pose",
+    "pose_covariance",
+    "prepare_fixed",
+    "similarity_fn",
+]

@@ -1,0 +1,369 @@
+"""Intensity-based 2D/3D registration with the differentiable DRR.
+
+The loop of the seed (its Fig. 4): render a DRR at the current pose, compare it with the
+fixed X-ray, step the pose along the gradient of the loss, repeat until the loss stops
+improving. Beyond the seed, and on by default (each measured in ``docs/results.md``):
+
+* an initial search on a ~16 px image that widens the capture range at +-45 deg / +-60 mm
+  from ~45-85 % (the seed's protocol) to ~98-100 %: 256 candidate rotations (a Sobol set in
+  the +-45 deg box of the C-arm angles) with their in-plane translation centred on the fixed
+  image's intensity centroid, scored in one batched render; the best 32 descend together
+  for 30 steps; the best 2 go on;
+* a coarse-to-fine pyramid (32 then 64 px for a 64 px detector, each level on a CT
+  box-averaged to its pixel footprint), the candidates halving per level (2, 1) and the step
+  sizes too, so the choice between them is made where the similarity is most telling;
+* a decoupled pose parameterisation (rotation about the CT centre, translation in the
+  camera frame), reduce-on-plateau step sizes (absolute threshold) and early stopping;
+* a result with per-stage timings and a quality verdict the caller can gate on.
+
+:class:`Registrar` holds the prepared CT pyramid so that a ROS node, a CLI or a study can
+register many frames without redoing that work. The node and the studies use this same API.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from ..drr import RenderSettings, render, resolve_device
+from ..geometry.carm import carm_to_matrix, matrix_to_carm
+from ..geometry.detector import Detector
+from ..metrics import mean_target_registration_error, target_points, zncc
+from ..volume import Volume
+from .config import RegistrationConfig, similarity_fn
+from .fixed_image import FixedImageError, downsample_image, prepare_fixed
+from .optimizers import DEFAULT_STEP_SIZES, make_optimizer
+from .parameterization import initial_params, params_to_pose
+from .result import RegistrationResult
+from .search import center_translations, sobol_candidates
+
+
+def coarsen_to_footprint(vol: Volume, footprint_mm: float) -> Volume:
+    """Box-average ``vol`` per axis to voxels no smaller than ``footprint_mm`` (same extent).
+
+    Each axis is reduced by ``floor(footprint / spacing)`` (so an anisotropic CT, e.g.
+    0.7 x 0.7 x 2.5 mm, is coarsened in-plane first), through :meth:`.Volume.box_average`,
+    which averages every voxel also for non-divisible sizes (no aliasing from point sampling).
+    """
+    return vol.box_average([max(1, int(footprint_mm // float(s))) for s in vol.spacing])
+
+
+@dataclass
+class _Level:
+    factor: int
+    detector: Detector
+    volume: Volume
+
+
+class Registrar:
+    """A CT prepared for registration against frames from one detector geometry.
+
+    Args:
+        volume: the CT; HU volumes are mapped to attenuation, ``mu``/``raw`` used as they are.
+        detector: full-resolution detector of the fixed images.
+        config: :class:`RegistrationConfig`.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``...
+        success_mtre_mm: the success threshold for the mTRE (default 2 mm).
+    """
+
+    def __init__(
+        self,
+        volume: Volume,
+        detector: Detector,
+        config: RegistrationConfig | None = None,
+        device: str | torch.device | None = "auto",
+        success_mtre_mm: float = 2.0,
+    ) -> None:
+        self.config = config or RegistrationConfig()
+        self.device = resolve_device(device)
+        vol = volume.to_attenuation() if volume.kind == "hu" else volume
+        self.volume = vol.to(self.device, torch.float32)
+        self.detector = detector
+        self.center = vol.center.to(torch.float64)
+        self.targets = target_points(vol.center, vol.extent_mm)
+        self.success_mtre_mm = success_mtre_mm
+        self.levels = self._build_levels(self.config.pyramid)
+        self._level_cache: dict[tuple[int, ...], list[_Level]] = {
+            tuple(int(f) for f in self.config.pyramid): self.levels
+        }
+        self._search_level_cache: _Level | None = None
+
+    def rebuilt(self, detector: Detector | None = None, device: str | torch.device | None = None) -> Registrar:
+        """The same CT and config for another detector geometry or device (new CT pyramids)."""
+        return Registrar(self.volume, detector or self.detector, self.config,
+                         device=self.device if device is None else device, success_mtre_mm=self.success_mtre_mm)
+
+    def _make_level(self, factor: int) -> _Level:
+        det = self.detector.scaled(factor) if factor > 1 else self.detector
+        vol = self.volume
+        if self.config.downsample_volume:
+            # Match the CT voxel to the detector pixel footprint at the isocentre.
+            sid, sdd = float(det.sid), float(det.sdd_mm)
+            footprint = min(float(s) for s in det.spacing_mm) * sid / sdd
+            vol = coarsen_to_footprint(self.volume, footprint)
+        return _Level(int(factor), det, vol)
+
+    def _build_levels(self, pyramid: tuple[int, ...]) -> list[_Level]:
+        return [self._make_level(int(f)) for f in pyramid]
+
+    def use_pyramid(self, pyramid: tuple[int, ...]) -> None:
+        """Switch to another detector pyramid, building each level's CT (and DRR settings) once.
+
+        Callers that alternate between pyramids (the ROS node: a wide first frame, then
+        tracking frames) keep the prepared levels: they are cached per pyramid here.
+        :meth:`register` calls it with its config's pyramid. A level depends on the detector
+        and on ``downsample_volume`` as well: change those with a new :class:`Registrar`.
+        """
+        key = tuple(int(f) for f in pyramid)
+        if key not in self._level_cache:
+            self._level_cache[key] = self._build_levels(key)
+        self.levels = self._level_cache[key]
+
+    def search_factor(self) -> int:
+        """Detector downsampling of the initial search: ``init_factor``, or the smallest factor
+        (at least the coarsest pyramid level's) that makes the image ``init_size`` px or less."""
+        cfg = self.config
+        if cfg.init_factor is not None:
+            return int(cfg.init_factor)
+        return max(int(cfg.pyramid[0]), math.ceil(max(self.detector.shape) / cfg.init_size))
+
+    def _search_level(self) -> _Level:
+        f = self.search_factor()
+        if int(f) == self.levels[0].factor:
+            return self.levels[0]
+        if self._search_level_cache is None or self._search_level_cache.factor != int(f):
+            self._search_level_cache = self._make_level(int(f))
+        return self._search_level_cache
+
+    # ------------------------------------------------------------------ rendering helpers
+
+    def settings(self, factor: int = 1) -> RenderSettings:
+        """Render settings at a pyramid level of detector downsampling ``factor``."""
+        return RenderSettings(method=self.config.method, blur_sigma_px=self.config.drr_blur_sigma_px / factor)
+
+    def render(self, pose: Float[Tensor, "... 4 4"], level: int = -1) -> Tensor:
+        """DRR(s) at ``pose`` at pyramid ``level`` (default: full resolution), no grad."""
+        lvl = self.levels[level]
+        with torch.no_grad():
+            return render(lvl.volume, pose.to(self.device, torch.float64), lvl.detector, self.settings(lvl.factor))
+
+    def pose_from_carm(self, angles_rad: Tensor | list[float], translation_mm: Tensor | list[float]) -> Tensor:
+        """``T_cam_ct`` from the seed's C-arm parameters, for this CT's centre."""
+        a = torch.as_tensor(angles_rad, dtype=torch.float64)
+        t = torch.as_tensor(translation_mm, dtype=torch.float64)
+        return carm_to_matrix(a, t, self.center)
+
+    def mtre(self, pose: Tensor, truth: Tensor) -> Tensor:
+        """mTRE (mm) over this CT's fixed 27 targets (see :func:`..metrics.target_points`)."""
+        return mean_target_registration_error(pose.to(torch.float64), truth.to(torch.float64), self.targets)
+
+    # ------------------------------------------------------------------ the optimisation
+
+    def _optimise_level(
+        self,
+        lvl: _Level,
+        fixed: Tensor,
+        mask: Tensor | None,
+        pose: Tensor,
+        history: list[float],
+        callback: Callable[[int, Tensor, Tensor], None] | None,
+        max_iterations: int | None = None,
+        lr_scale: float = 1.0,
+    ) -> tuple[Tensor, Tensor, int, str]:
+        """Descend at one level for a batch of poses; return best poses, their losses, iters, reason."""
+        cfg = self.config
+        sim = similarity_fn(cfg)
+        rot, trans, base = initial_params(cfg.parameterization, pose, self.center)
+        rot.requires_grad_(True)
+        trans.requires_grad_(True)
+        d_rot, d_trans = DEFAULT_STEP_SIZES[cfg.optimizer]
+        lr_rot = (d_rot if cfg.lr_rotation is None else cfg.lr_rotation) * lr_scale
+        lr_trans = (d_trans if cfg.lr_translation is None else cfg.lr_translation) * lr_scale
+        opt, sched = make_optimizer(
+            cfg.optimizer, [rot], [trans], lr_rotation=lr_rot, lr_translation=lr_trans,
+            momentum=cfg.momentum, dampening=cfg.dampening, plateau_patience=cfg.plateau_patience,
+            plateau_factor=cfg.plateau_factor,
+        )
+        best_loss = torch.full((pose.shape[0],), math.inf, dtype=torch.float64, device=pose.device)
+        best_pose = pose.clone()
+        stale, reason, it = 0, "max_iterations", 0
+        settings = self.settings(lvl.factor)
+        limit = cfg.iterations_at(-1) if max_iterations is None else max_iterations
+        for it in range(1, limit + 1):
+            opt.zero_grad(set_to_none=True)
+            current = params_to_pose(cfg.parameterization, rot, trans, base, self.center)
+            drr = render(lvl.volume, current, lvl.detector, settings)
+            loss = -sim(drr, fixed, mask)
+            if not torch.isfinite(loss).all():
+                reason = "diverged (non-finite loss)"
+                break
+            loss.sum().backward()
+            with torch.no_grad():
+                improved = loss.detach() < best_loss - cfg.tolerance
+                best_pose = torch.where(improved[:, None, None], current.detach(), best_pose)
+                best_loss = torch.where(improved, loss.detach(), best_loss)
+            history.append(float(loss.detach().min()))
+            if callback is not None:
+                callback(it, current.detach(), loss.detach())
+            stale = 0 if bool(improved.any()) else stale + 1
+            if stale >= cfg.patience:
+                reason = "converged"
+                break
+            opt.step()
+            if sched is not None:
+                sched.step(float(loss.detach().sum()))
+        return best_pose, best_loss, it, reason
+
+    def _search(self, lvl: _Level, fixed: Tensor, mask: Tensor | None, pose: Tensor,
+                history: list[float] | None = None) -> Tensor:
+        """Widen the capture range: score many candidates, descend the best, return ``init_keep``.
+
+        Returns ``(init_keep, 4, 4)`` poses, best (lowest loss at ``lvl``) first.
+        """
+        cfg = self.config
+        sim = similarity_fn(cfg)
+        cand = sobol_candidates(pose, self.center, cfg).to(self.device)
+        chunk = 256
+
+        def drrs(c: Tensor) -> Tensor:
+            return render(lvl.volume, c, lvl.detector, self.settings(lvl.factor))
+
+        if cfg.init_center:
+            cand = torch.cat([center_translations(drrs, lvl.detector, fixed, mask, cand[s : s + chunk], self.center)
+                              for s in range(0, cand.shape[0], chunk)])
+        scores = []
+        with torch.no_grad():
+            for s in range(0, cand.shape[0], chunk):
+                scores.append(sim(drrs(cand[s : s + chunk]), fixed, mask))
+        order = torch.cat(scores).argsort(descending=True)
+        best = cand[order[: min(cfg.init_refine, cand.shape[0])]]
+        if cfg.init_refine_iterations > 0:
+            hist = [] if history is None else history
+            best, losses, _, _ = self._optimise_level(
+                lvl, fixed, mask, best, hist, None, max_iterations=cfg.init_refine_iterations
+            )
+            best = best[losses.argsort()]
+        return best[: cfg.init_keep]
+
+    def _stage(self, name: str, lvl: _Level, size: int, its: int, reason: str, t0: float, pose: Tensor,
+               truth: Tensor | None, rays: int) -> dict:
+        """One stage's record; ``rays`` counts rendered rays (a load-independent cost measure)."""
+        d = {"stage": name, "image": list(lvl.detector.shape), "ct": list(lvl.volume.shape), "batch": int(size),
+             "iterations": int(its), "reason": reason, "time_s": round(time.perf_counter() - t0, 4),
+             "rays": int(rays)}
+        if truth is not None:
+            d["mtre_best_mm"] = round(float(self.mtre(pose[0].cpu(), truth.cpu())), 3)
+        return d
+
+    def register(
+        self,
+        fixed: np.ndarray | Tensor,
+        init_pose: Float[Tensor, "4 4"],
+        *,
+        mask: Bool[Tensor, "H W"] | np.ndarray | None = None,
+        truth: Float[Tensor, "4 4"] | None = None,
+        callback: Callable[[int, Tensor, Tensor], None] | None = None,
+    ) -> RegistrationResult:
+        """Register one fixed image, starting from ``init_pose`` (``T_cam_ct``).
+
+        ``fixed`` must already be in DRR-like units (see :func:`prepare_fixed`; it is checked
+        again here) and have the detector's full-resolution shape. ``truth`` (``T_cam_ct``)
+        adds the mTRE and the success flag to the result. ``callback(iteration, poses,
+        losses)`` is called every iteration of the pyramid levels (progress bars,
+        convergence curves); the search's own iterations are in ``history`` but not called back.
+        """
+        t0 = time.perf_counter()
+        cfg = self.config
+        self.use_pyramid(cfg.pyramid)  # the config may have been swapped since the last call
+        fixed_t = prepare_fixed(fixed)
+        if tuple(fixed_t.shape) != self.detector.shape:
+            raise FixedImageError(f"image is {tuple(fixed_t.shape)}, detector expects {self.detector.shape}")
+        fixed_t = fixed_t.to(self.device, torch.float64)
+        mask_t = None
+        if mask is not None:
+            mask_t = torch.as_tensor(np.asarray(mask)).to(self.device, torch.bool)
+            if tuple(mask_t.shape) != self.detector.shape:
+                raise FixedImageError(f"mask is {tuple(mask_t.shape)}, detector expects {self.detector.shape}")
+
+        def at(lvl: _Level) -> tuple[Tensor, Tensor | None]:
+            f = downsample_image(fixed_t, lvl.detector)
+            m = None if mask_t is None else downsample_image(mask_t.double(), lvl.detector) > 0.99
+            return f, m
+
+        pose = init_pose.to(self.device, torch.float64).reshape(1, 4, 4)
+        history: list[float] = []
+        stages: list[dict] = []
+        if cfg.init_search:
+            slvl = self._search_level()
+            ts = time.perf_counter()
+            pose = self._search(slvl, *at(slvl), pose[0], history)
+            px = slvl.detector.height * slvl.detector.width
+            renders = cfg.init_candidates * (3 if cfg.init_center else 1)
+            renders += min(cfg.init_refine, cfg.init_candidates) * len(history)
+            stages.append(self._stage("search", slvl, cfg.init_candidates, len(history), "done", ts, pose, truth,
+                                      renders * px))
+        iterations, reason, losses = len(history), "no levels", torch.zeros(1)
+        for i, lvl in enumerate(self.levels):
+            ts = time.perf_counter()
+            fixed_l, mask_l = at(lvl)
+            # Candidates arrive sorted best first (search, or the sort below).
+            pose = pose[: cfg.keep_at(i)]
+            # All candidates descend together (one batched render per step); the choice
+            # between them is made at the finest level, where the similarity is most telling.
+            pose, losses, its, reason = self._optimise_level(
+                lvl, fixed_l, mask_l, pose, history, callback, max_iterations=cfg.iterations_at(i),
+                lr_scale=cfg.level_lr_decay**i,
+            )
+            order = losses.argsort()
+            pose, losses = pose[order], losses[order]
+            iterations += its
+            px = lvl.detector.height * lvl.detector.width
+            stages.append(self._stage(f"level x{lvl.factor}", lvl, pose.shape[0], its, reason, ts, pose, truth,
+                                      pose.shape[0] * its * px))
+            if reason.startswith("diverged"):
+                break
+        final = pose[losses.argmin()]
+        with torch.no_grad():
+            drr = render(self.levels[-1].volume, final[None], self.levels[-1].detector,
+                         self.settings(self.levels[-1].factor))
+            fine = self.levels[-1].detector.shape == self.detector.shape
+            ref = fixed_t if fine else downsample_image(fixed_t, self.levels[-1].detector)
+            m = mask_t if (mask_t is not None and fine) else None
+            final_zncc = float(zncc(drr, ref, m)[0])
+            final_sim = float(similarity_fn(cfg)(drr, ref, m)[0])
+        converged = reason == "converged"
+        if not math.isfinite(final_zncc):
+            accepted, verdict = False, "non-finite similarity"
+        elif not converged:
+            accepted, verdict = False, f"did not converge ({reason})"
+        elif final_zncc < cfg.min_similarity:
+            accepted, verdict = False, f"similarity {final_zncc:.4f} below gate {cfg.min_similarity:.4f}"
+        else:
+            accepted, verdict = True, f"ok (ZNCC {final_zncc:.4f})"
+        angles, trans = matrix_to_carm(final.cpu(), self.center)
+        result = RegistrationResult(
+            pose=final.detach().cpu(),
+            angles_rad=angles.detach(),
+            translation_mm=trans.detach(),
+            similarity=final_sim,
+            zncc=final_zncc,
+            iterations=iterations,
+            wall_time_s=time.perf_counter() - t0,
+            converged=converged,
+            stop_reason=reason,
+            accepted=accepted,
+            verdict=verdict,
+            history=history,
+            stages=stages,
+        )
+        if truth is not None:
+            result.mtre_mm = float(self.mtre(result.pose, truth.cpu()))
+            result.success = result.mtre_mm < self.success_mtre_mm
+        return result
