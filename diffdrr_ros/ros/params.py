@@ -76,8 +76,26 @@ PARAMS: list[Param] = [
     Param("registration.max_similarity_drop_relative", 1.0, "... or this multiple of that median's own mismatch "
           "(1 - ZNCC), whichever is larger", False, (0.0, 100.0)),
     Param("registration.init_search_first_frame", True, "batch search around the joint-state pose on wide captures"),
-    Param("registration.covariance", True, "publish the pose covariance from the loss curvature (2 x 13 "
-          "full-resolution DRRs per pose; a lower bound, see core/uncertainty.py); false: zeros = unknown"),
+    Param("registration.covariance", True, "pose covariance from the loss curvature of every view (2 x 13 "
+          "full-resolution DRRs per view; core/registration/uncertainty.py), published on ~/ct_pose and used by "
+          "the known-pose gate; false: zeros = unknown, and the gate counts views instead"),
+    Param("registration.scale_uncertainty", 0.003, "relative magnification error the DRR's physics may leave "
+          "(0.003: 0.3 % of size, 2.3 mm of depth at SID 750 mm); one view cannot tell it from depth",
+          False, (0.0, 0.1)),
+    # What may go on /tf: a pose that is known, per axis
+    Param("gate.max_target_sigma_mm", 1.0, "publish on /tf only when the predicted 1-sigma error of the CT's 27 "
+          "targets is below this along every camera axis (in plane and along the beam)", False, (0.0, 1000.0)),
+    Param("gate.allow_unresolved_depth", False, "also put poses whose depth is not resolved on /tf (a 2-D overlay "
+          "use); otherwise they go to ~/ct_pose only, with their covariance and a diagnostic"),
+    # The angle history: joint registration with recent frames from other angles (depth from several views)
+    Param("multiview.max_views", 3, "views in a joint registration: the new frame and up to this minus one "
+          "recent frames from other angles (1: single view)", False, (1, 8)),
+    Param("multiview.min_separation_deg", 15.0, "a frame counts as a new view only this far (beam angle) from "
+          "every kept view; a nearer one replaces it", False, (0.0, 180.0)),
+    Param("multiview.max_age_s", 60.0, "views older than this are dropped (the patient is assumed still on the "
+          "table in between; table motion comes from the joints)", False, (0.0, 86400.0)),
+    Param("multiview.max_view_zncc_drop", 0.01, "an old view whose ZNCC falls by more than this in the joint "
+          "registration disagrees (the patient moved): the window is reset", False, (0.0, 2.0)),
     Param("registration.min_similarity", 0.9, "quality gate: final ZNCC below this is not published", False,
           (-1.0, 1.0)),
     # Joint states

@@ -46,11 +46,16 @@ from ..core.overlay import overlay
 from ..core.registration import (
     FixedImageError,
     FrameStart,
+    KnownPoseGate,
     LostTrackGate,
+    PoseCovariance,
     Registrar,
     RegistrationConfig,
     RegistrationResult,
     Tracker,
+    ViewWindow,
+    WindowView,
+    disagreeing_views,
     pose_covariance,
     prepare_fixed,
 )
@@ -105,6 +110,8 @@ class NodeStats:
     frames_registered: int = 0
     frames_published: int = 0
     frames_rejected: int = 0
+    frames_held_back: int = 0  # registered, on ~/ct_pose, but not known well enough for /tf
+    window_resets: int = 0  # the angle history disagreed with a new frame (patient motion)
     frames_dropped: int = 0
     level: int = DiagnosticStatus.OK
     message: str = "waiting for frames"
@@ -147,6 +154,7 @@ class RegistrationGlue:
         self._lock = threading.Lock()
         self._joint_buffer: deque[tuple[float, CArmJoints]] = deque(maxlen=200)
         self.tracker = Tracker()  # start pose, mode and lost-track gate (core.registration.tracking)
+        self.window = ViewWindow()  # recent registered frames from other angles (worker thread; reset under the lock)
         self._last_stamp = -float("inf")
         self._camera_info: CameraInfo | None = None
         self._covariance_steps: torch.Tensor | None = None  # scale of the last covariance (see uncertainty)
@@ -321,12 +329,14 @@ class RegistrationGlue:
     def _on_reregister(self, request, response):
         with self._lock:
             self.tracker.reregister()
+            self.window.clear()
         response.success, response.message = True, "next frame: full registration with the wide capture range"
         return response
 
     def _on_reset(self, request, response):
         with self._lock:
             self.tracker.lose()
+            self.window.clear()
         response.success, response.message = True, "tracking reset: next frame starts from the joint-state pose"
         return response
 
@@ -375,6 +385,8 @@ class RegistrationGlue:
             self.get_logger().info(f"detector from CameraInfo: {det}")
             self.detector = det
             self.registrar = self.registrar.rebuilt(detector=det)
+            with self._lock:
+                self.window.clear()  # its views were taken with the old intrinsics
 
     def _follow_sdd(self, joints: CArmJoints) -> str | None:
         """Move the detector to the SDD the C-arm reports (``joints.follow_sdd``); the SID stays.
@@ -396,24 +408,38 @@ class RegistrationGlue:
                                f"{sdd:.1f} mm (SID {sid:.1f} mm)")
         self.detector = det
         self.registrar = self.registrar.rebuilt(detector=det)
+        with self._lock:
+            self.window.clear()  # its views were taken at the old SDD
         return None
 
     def _process(self, msg: Image, t_in: float) -> None:
-        """One frame: decode -> start pose -> register -> gate -> publish (TF first)."""
+        """One frame: decode -> start pose -> register (with the angle history) -> gates -> publish."""
         frame = self._decode(msg)
         if frame is None:
             return
         with self._lock:
             start = self.tracker.start(frame.joints, self.prior)
+            kept = self._window_views(frame)
         config = self._config(tracking=True) if start.mode == "tracking" else self._config(wide=True)
         self._last_stamp = frame.stamp
-        result = self._register(frame.fixed, start.init_pose, config, frame.mask)
+        result = self._register(frame, start.init_pose, config, kept)
+        moved = disagreeing_views(kept, result.view_zncc, self._p("multiview.max_view_zncc_drop")) if kept else []
+        if moved:  # an old view no longer fits: the patient moved since it was taken
+            drops = ", ".join(f"{kept[i].zncc:.4f} -> {result.view_zncc[i + 1]:.4f}" for i in moved)
+            self._warn(f"angle history reset: {len(moved)} of {len(kept)} earlier view(s) disagree with this frame "
+                       f"(ZNCC {drops}; the patient moved?); registering this frame alone")
+            with self._lock:
+                self.window.clear()
+                self.stats.window_resets += 1
+            kept = []
+            result = self._register(frame, start.init_pose, config, kept)
         latency = time.perf_counter() - t_in
         with self._lock:
             self.stats.frames_registered += 1
         self._publish_overlay(frame.pixels, frame.fixed, result, msg)
         info = {
             "mode": start.mode, "similarity": f"{result.similarity:.5f}", "zncc": f"{result.zncc:.5f}",
+            "views": str(len(kept) + 1), "view_spread_deg": f"{self._spread_deg(frame, kept):.1f}",
             "iterations": str(result.iterations), "latency_ms": f"{latency * 1000:.1f}",
             "registration_ms": f"{result.wall_time_s * 1000:.1f}", "stop_reason": result.stop_reason,
             "joint_age_ms": f"{frame.joint_age_s * 1000:.1f}", "device": str(self.registrar.device),
@@ -425,15 +451,43 @@ class RegistrationGlue:
             self._reject(f"registration rejected by the quality gate: {verdict}", info=info,
                          level=DiagnosticStatus.WARN)
             return
-        self._publish(frame, result, info)
+        with self._lock:  # a registered frame: later frames from other angles register jointly with it
+            self.window.add(WindowView(frame.fixed, None if frame.mask is None else torch.from_numpy(frame.mask),
+                                       frame.joints, frame.stamp, result.view_zncc[0]))
+            self.tracker.accept(result.pose, frame.joints, result.view_zncc[0])
+        cov = self._covariance(frame, result, kept, info)
+        known, why = KnownPoseGate(self._p("gate.max_target_sigma_mm"), self._p("multiview.min_separation_deg")).check(
+            None if cov is None else cov.target_sigma_mm(self.registrar.targets), len(kept) + 1)
+        if not known and not self._p("gate.allow_unresolved_depth"):
+            iso_ct = iso_from_ct(result.pose, frame.joints)
+            self._publish_pose(iso_ct, msg.header.stamp, self._ros_covariance(cov, frame))
+            with self._lock:
+                self.stats.frames_held_back += 1
+            self._reject(f"not on /tf (on ~/ct_pose with its covariance): {why}", count=False, info=info,
+                         level=DiagnosticStatus.WARN)
+            return
+        self._publish(frame, result, self._ros_covariance(cov, frame))
         with self._lock:
-            self.tracker.accept(result.pose, frame.joints, result.zncc)
             self.stats.frames_published += 1
             self.stats.level = DiagnosticStatus.OK
-            self.stats.message = f"registered ({start.mode}): {result.verdict}"
+            self.stats.message = f"registered ({start.mode}, {len(kept) + 1} view(s)): {result.verdict}"
+            if not known:
+                self.stats.message += f" [published although {why}]"
             self.stats.last = info
-        self.get_logger().info(f"{start.mode} registration: ZNCC {result.zncc:.4f}, {result.iterations} it, "
-                               f"{latency * 1000:.0f} ms frame-to-TF")
+        self.get_logger().info(f"{start.mode} registration ({len(kept) + 1} view(s)): ZNCC {result.zncc:.4f}, "
+                               f"{result.iterations} it, {latency * 1000:.0f} ms frame-to-TF")
+
+    def _window_views(self, frame: Frame) -> list[WindowView]:
+        """The angle history's views for ``frame`` (under the lock), after the parameters of the window."""
+        w = self.window
+        w.max_views = self._p("multiview.max_views")
+        w.min_separation_deg = self._p("multiview.min_separation_deg")
+        w.max_age_s = self._p("multiview.max_age_s")
+        return w.others(frame.joints, frame.stamp)
+
+    @staticmethod
+    def _spread_deg(frame: Frame, kept: list[WindowView]) -> float:
+        return ViewWindow(views=list(kept)).spread_deg(frame.joints)
 
     def _decode(self, msg: Image) -> Frame | None:
         """Check and convert a frame and pair it with its joints; None (after a rejection) if unusable."""
@@ -486,27 +540,34 @@ class RegistrationGlue:
         gate = LostTrackGate(self._p("registration.max_similarity_drop"),
                              self._p("registration.max_similarity_drop_relative"))
         with self._lock:
-            ok, why = self.tracker.gate(start, result.zncc, gate)
+            ok, why = self.tracker.gate(start, result.view_zncc[0], gate)
         return (True, result.verdict) if ok else (False, why)
 
-    def _publish(self, frame: Frame, result: RegistrationResult, info: dict) -> None:
-        """TF first (the covariance costs DRRs), then ``~/ct_pose`` with the covariance."""
+    def _publish(self, frame: Frame, result: RegistrationResult, covariance: list[float]) -> None:
+        """A known pose: TF, then ``~/ct_pose`` with its covariance."""
         iso_ct = iso_from_ct(result.pose, frame.joints)
         stamp = frame.msg.header.stamp
         self._publish_tf(iso_ct, frame.joints, stamp)
-        self._publish_pose(iso_ct, stamp, self._covariance(frame.fixed, result, frame.joints, frame.mask, info))
+        self._publish_pose(iso_ct, stamp, covariance)
 
-    def _register(self, fixed, init, config: RegistrationConfig, mask) -> RegistrationResult:
+    def _register(self, frame: Frame, init, config: RegistrationConfig, kept: list[WindowView]) -> RegistrationResult:
+        """One pose from this frame and the kept views of the angle history (none: a single view)."""
         self.registrar.config = config  # its CT pyramids are built once per pyramid and kept
+        views = self.window.as_views(kept, frame.joints)
         try:
-            return self.registrar.register(fixed, init, mask=mask)
+            return self.registrar.register(frame.fixed, init, mask=frame.mask, views=views)
         except torch.OutOfMemoryError:
             self.get_logger().error("CUDA out of memory: falling back to the CPU for the rest of the run")
             torch.cuda.empty_cache()
             self.registrar = self.registrar.rebuilt(device="cpu")
-            return self.registrar.register(fixed, init, mask=mask)
+            return self.registrar.register(frame.fixed, init, mask=frame.mask, views=views)
 
     # ------------------------------------------------------------------ outputs
+
+    def _warn(self, why: str) -> None:
+        self.get_logger().warning(why)
+        with self._lock:
+            self.stats.last_rejection = why
 
     def _reject(self, why: str, *, count: bool = True, info: dict | None = None,
                 level: int = DiagnosticStatus.WARN) -> None:
@@ -528,22 +589,30 @@ class RegistrationGlue:
         self.tf_static_pub.publish(TFMessage(transforms=[
             stamped_transform(tf, self.frames["world"], self.frames["carm"], stamp)]))
 
-    def _covariance(self, fixed, result: RegistrationResult, joints: CArmJoints, mask, info: dict) -> list[float]:
-        """Row-major 6 x 6 covariance for ``~/ct_pose`` (REP-103 units, isocentre axes); zeros = unknown."""
+    def _covariance(self, frame: Frame, result: RegistrationResult, kept: list[WindowView],
+                    info: dict) -> PoseCovariance | None:
+        """The pose covariance from every view of the registration (None when off or not computable)."""
         if not self._p("registration.covariance"):
-            return [0.0] * 36
-        try:  # tracking frames reuse the last frame's scale: one batch of 13 DRRs instead of two
-            cov = pose_covariance(self.registrar, fixed, result.pose, mask, steps=self._covariance_steps,
-                                  compare=self.registrar.config.compare)
+            return None
+        try:  # tracking frames reuse the last frame's scale: one batch of 13 DRRs per view instead of two
+            cov = pose_covariance(self.registrar, frame.fixed, result.pose, frame.mask, steps=self._covariance_steps,
+                                  compare=self.registrar.config.compare, views=self.window.as_views(kept, frame.joints),
+                                  scale_uncertainty=self._p("registration.scale_uncertainty"))
         except (ValueError, RuntimeError) as exc:
             self.get_logger().warning(f"pose covariance not computed ({exc}); publishing zeros (unknown)")
-            return [0.0] * 36
+            return None
         self._covariance_steps = cov.steps
-        sig = cov.sigma_mm
+        sig = cov.target_sigma_mm(self.registrar.targets)
         info.update(sigma_inplane_mm=f"{float(sig[:2].max()):.3f}", sigma_depth_mm=f"{float(sig[2]):.3f}",
                     sigma_rotation_deg=f"{float(cov.sigma_deg.max()):.4f}")
-        r_iso_cam = invert_transform(cam_from_iso(joints))[:3, :3]
-        return covariance_to_ros(cov.about_origin(r_iso_cam))  # isocentre axes
+        return cov
+
+    def _ros_covariance(self, cov: PoseCovariance | None, frame: Frame) -> list[float]:
+        """Row-major 6 x 6 for ``~/ct_pose`` (REP-103 units, isocentre axes); zeros = unknown."""
+        if cov is None:
+            return [0.0] * 36
+        r_iso_cam = invert_transform(cam_from_iso(frame.joints))[:3, :3]
+        return covariance_to_ros(cov.about_origin(r_iso_cam))
 
     def _publish_tf(self, iso_ct: torch.Tensor, joints: CArmJoints, stamp) -> None:
         sid = float(self.detector.sid)
@@ -576,6 +645,8 @@ class RegistrationGlue:
             values = {
                 "frames_received": s.frames_received, "frames_registered": s.frames_registered,
                 "frames_published": s.frames_published, "frames_rejected": s.frames_rejected,
+                "frames_held_back": s.frames_held_back, "window_views": len(self.window.views),
+                "window_resets": s.window_resets,
                 "frames_replaced_while_busy": self._slot.replaced,
                 "last_rejection": s.last_rejection, "device": str(self.registrar.device), **s.last,
             }

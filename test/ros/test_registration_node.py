@@ -52,6 +52,9 @@ NODE_PARAMS = {
     "registration.tracking_pyramid": [2, 1],
     "registration.init_search_first_frame": False,
     "registration.min_similarity": 0.95,
+    # This module tests the pipeline and bad input on single frames; the known-pose gate (depth from
+    # several views) has its own tests (test_multiview_node.py).
+    "gate.allow_unresolved_depth": True,
     "joints.max_age_s": 0.2,
     "overlay.mode": "edges",
     "diagnostics_period_s": 0.5,

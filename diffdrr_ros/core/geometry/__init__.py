@@ -7,7 +7,9 @@ from .carm import carm_angles, carm_rotation, carm_to_matrix, matrix_to_carm, pe
 from .detector import Detector, detector_points, detector_points_np, pixel_axes_mm, pixel_centre_mm
 from .kinematics import (
     CArmJoints,
+    beam_separation_rad,
     cam_from_iso,
+    camera_motion,
     default_prior,
     initial_pose,
     iso_from_ct,
@@ -19,7 +21,9 @@ from .kinematics import (
 __all__ = [
     "CArmJoints",
     "Detector",
+    "beam_separation_rad",
     "cam_from_iso",
+    "camera_motion",
     "carm_angles",
     "carm_rotation",
     "carm_to_matrix",

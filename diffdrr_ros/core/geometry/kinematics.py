@@ -93,6 +93,16 @@ def iso_from_ct(pose_cam_ct: Float[Tensor, "4 4"], joints: CArmJoints) -> Float[
     return invert_transform(cam_from_iso(joints)) @ pose_cam_ct.to(torch.float64)
 
 
+def camera_motion(joints_then: CArmJoints, joints_now: CArmJoints) -> Float[Tensor, "4 4"]:
+    """``T_cam(now)_cam(then)``: how a patient still on the table moves in the camera frame between two readings.
+
+    ``T_cam_ct(now) = camera_motion(then, now) @ T_cam_ct(then)``: the C-arm and the table move,
+    ``T_table_ct`` is kept. Also the relative camera of two views of one registration.
+    """
+    then = cam_from_iso(joints_then) @ table_transform(joints_then)
+    return cam_from_iso(joints_now) @ table_transform(joints_now) @ invert_transform(then)
+
+
 def propagate_pose(
     pose_cam_ct: Float[Tensor, "4 4"], joints_then: CArmJoints, joints_now: CArmJoints
 ) -> Float[Tensor, "4 4"]:
@@ -103,3 +113,14 @@ def propagate_pose(
     """
     table_from_ct = invert_transform(table_transform(joints_then)) @ iso_from_ct(pose_cam_ct, joints_then)
     return initial_pose(joints_now, table_from_ct)
+
+
+def beam_separation_rad(joints_a: CArmJoints, joints_b: CArmJoints) -> float:
+    """Angle (rad) between the beam directions of two C-arm readings: what a second view adds in depth.
+
+    Two views ``a`` apart turn depth into in-plane position, ``sigma_depth ~ sigma_in_plane / sin(a)``;
+    identical angles add no depth information (detector rotation about the beam does not count).
+    """
+    beam_a = invert_transform(cam_from_iso(joints_a))[:3, 2]
+    beam_b = invert_transform(cam_from_iso(joints_b))[:3, 2]
+    return float(torch.arccos(torch.clamp(beam_a @ beam_b, -1.0, 1.0)))

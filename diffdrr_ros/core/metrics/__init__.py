@@ -1,6 +1,12 @@
 """Metrics: image similarity (the registration's loss) and pose error (mTRE, in-plane / depth)."""
 
-from .pose_error import inplane_depth_error, mean_target_registration_error, target_errors_cam, target_points
+from .pose_error import (
+    CameraAxisError,
+    inplane_depth_error,
+    mean_target_registration_error,
+    target_errors_cam,
+    target_points,
+)
 from .similarity import (
     SIMILARITIES,
     get_similarity,
@@ -17,6 +23,7 @@ from .summary import percentile
 
 __all__ = [
     "SIMILARITIES",
+    "CameraAxisError",
     "get_similarity",
     "gradient_ncc",
     "image_gradients",

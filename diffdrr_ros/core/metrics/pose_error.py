@@ -7,6 +7,8 @@ in-plane error, so it is reported apart: :func:`target_errors_cam`.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -33,10 +35,7 @@ def mean_target_registration_error(
     points_ct: Float[Tensor, "P 3"],
 ) -> Float[Tensor, "..."]:
     """mTRE (mm): mean distance between the targets mapped by the two ``T_cam_ct`` poses."""
-    pts = points_ct.to(pose_estimate)
-    a = apply_transform(pose_estimate, pts.expand(*pose_estimate.shape[:-2], -1, 3))
-    b = apply_transform(pose_truth.to(pose_estimate), pts.expand(*pose_truth.shape[:-2], -1, 3))
-    return (a - b).norm(dim=-1).mean(-1)
+    return target_errors_cam(pose_estimate, pose_truth, points_ct).norm(dim=-1).mean(-1)
 
 
 def target_errors_cam(
@@ -51,11 +50,20 @@ def target_errors_cam(
     return a - b
 
 
+class CameraAxisError(NamedTuple):
+    """Target errors in camera axes, mm: the mean in-plane distance, the mean absolute and the mean
+    signed error along the beam (+ = away from the source; a bias has one sign on every target)."""
+
+    inplane_mm: Tensor
+    depth_mm: Tensor
+    depth_bias_mm: Tensor
+
+
 def inplane_depth_error(
     pose_estimate: Float[Tensor, "... 4 4"],
     pose_truth: Float[Tensor, "... 4 4"],
     points_ct: Float[Tensor, "P 3"],
-) -> tuple[Float[Tensor, "..."], Float[Tensor, "..."]]:
-    """Mean in-plane distance and mean signed along-beam error of the targets (mm; + = away from the source)."""
+) -> CameraAxisError:
+    """The in-plane and along-beam parts of the target error (see :class:`CameraAxisError`)."""
     d = target_errors_cam(pose_estimate, pose_truth, points_ct)
-    return d[..., :2].norm(dim=-1).mean(-1), d[..., 2].mean(-1)
+    return CameraAxisError(d[..., :2].norm(dim=-1).mean(-1), d[..., 2].abs().mean(-1), d[..., 2].mean(-1))

@@ -131,8 +131,9 @@ def gradient_ncc(moving: Tensor, fixed: Tensor, mask: Tensor | None = None) -> F
     """Mean ZNCC of the x and y Sobel gradient images."""
     mgx, mgy = image_gradients(moving)
     fgx, fgy = image_gradients(fixed.expand_as(moving))
-    if mask is not None:  # gradients at the mask border are artefacts: erode by one pixel
-        mask = -F.max_pool2d(-mask[None, None].to(moving.dtype), 3, 1, 1)[0, 0] > 0.5
+    if mask is not None:  # gradients at the mask border are artefacts: erode by one pixel (per image)
+        m = mask.to(moving.dtype)
+        mask = (-F.max_pool2d(-m.reshape(-1, 1, *m.shape[-2:]), 3, 1, 1)).reshape(m.shape) > 0.5
     return 0.5 * (zncc(mgx, fgx, mask) + zncc(mgy, fgy, mask))
 
 

@@ -16,8 +16,17 @@ from .optimizers import DEFAULT_STEP_SIZES, OPTIMIZERS, make_optimizer
 from .parameterization import PARAMETERIZATIONS, initial_params, params_to_pose
 from .registrar import Registrar, coarsen_to_footprint
 from .result import RegistrationResult
-from .tracking import FrameStart, LostTrackGate, Tracker
+from .tracking import (
+    FrameStart,
+    KnownPoseGate,
+    LostTrackGate,
+    Tracker,
+    ViewWindow,
+    WindowView,
+    disagreeing_views,
+)
 from .uncertainty import PoseCovariance, pose_covariance
+from .views import View, ViewStack, view_from_joints
 
 __all__ = [
     "COMPARE_DOMAINS",
@@ -26,14 +35,20 @@ __all__ = [
     "PARAMETERIZATIONS",
     "FixedImageError",
     "FrameStart",
+    "KnownPoseGate",
     "LostTrackGate",
     "PoseCovariance",
     "Registrar",
     "RegistrationConfig",
     "RegistrationResult",
     "Tracker",
+    "View",
+    "ViewStack",
+    "ViewWindow",
+    "WindowView",
     "centroid_mm",
     "coarsen_to_footprint",
+    "disagreeing_views",
     "downsample_image",
     "initial_params",
     "make_optimizer",
@@ -42,4 +57,5 @@ __all__ = [
     "pose_covariance",
     "prepare_fixed",
     "similarity_fn",
+    "view_from_joints",
 ]

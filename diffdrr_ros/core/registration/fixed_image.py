@@ -57,11 +57,12 @@ def prepare_fixed(
     return -x if invert else x
 
 
-def downsample_image(img: Tensor, det: Detector) -> Tensor:
-    """Area-average ``img`` to ``det``'s shape (the detector pyramid of the fixed image)."""
+def downsample_image(img: Float[Tensor, "*K H W"], det: Detector) -> Float[Tensor, "*K h w"]:
+    """Area-average ``img`` (any leading dims) to ``det``'s shape (the detector pyramid of the fixed image)."""
     if tuple(img.shape[-2:]) == det.shape:
         return img
-    return F.interpolate(img[None, None], size=det.shape, mode="area")[0, 0]
+    flat = img.reshape(-1, 1, *img.shape[-2:])
+    return F.interpolate(flat, size=det.shape, mode="area").reshape(*img.shape[:-2], *det.shape)
 
 
 def centroid_mm(img: Tensor, det: Detector, mask: Tensor | None) -> Tensor:

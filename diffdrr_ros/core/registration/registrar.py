@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +43,7 @@ from .optimizers import DEFAULT_STEP_SIZES, make_optimizer
 from .parameterization import initial_params, params_to_pose
 from .result import RegistrationResult
 from .search import center_translations, sobol_candidates
+from .views import View, ViewStack
 
 
 def coarsen_to_footprint(vol: Volume, footprint_mm: float) -> Volume:
@@ -169,8 +170,7 @@ class Registrar:
     def _optimise_level(
         self,
         lvl: _Level,
-        fixed: Tensor,
-        mask: Tensor | None,
+        frames: ViewStack,
         pose: Tensor,
         history: list[float],
         callback: Callable[[int, Tensor, Tensor], None] | None,
@@ -199,8 +199,8 @@ class Registrar:
         for it in range(1, limit + 1):
             opt.zero_grad(set_to_none=True)
             current = params_to_pose(cfg.parameterization, rot, trans, base, self.center)
-            drr = render(lvl.volume, current, lvl.detector, settings)
-            loss = -sim(drr, fixed, mask)
+            drr = render(lvl.volume, frames.poses(current), lvl.detector, settings)  # all views, one batch
+            loss = -frames.similarity(sim, drr, current.shape[0])
             if not torch.isfinite(loss).all():
                 reason = "diverged (non-finite loss)"
                 break
@@ -221,8 +221,7 @@ class Registrar:
                 sched.step(float(loss.detach().sum()))
         return best_pose, best_loss, it, reason
 
-    def _search(self, lvl: _Level, fixed: Tensor, mask: Tensor | None, pose: Tensor,
-                history: list[float] | None = None) -> Tensor:
+    def _search(self, lvl: _Level, frames: ViewStack, pose: Tensor, history: list[float] | None = None) -> Tensor:
         """Widen the capture range: score many candidates, descend the best, return ``init_keep``.
 
         Returns ``(init_keep, 4, 4)`` poses, best (lowest loss at ``lvl``) first.
@@ -235,19 +234,21 @@ class Registrar:
         def drrs(c: Tensor) -> Tensor:
             return render(lvl.volume, c, lvl.detector, self.settings(lvl.factor))
 
-        if cfg.init_center:
-            cand = torch.cat([center_translations(drrs, lvl.detector, fixed, mask, cand[s : s + chunk], self.center)
-                              for s in range(0, cand.shape[0], chunk)])
+        if cfg.init_center:  # on the reference view (candidates are its poses)
+            ref_mask = None if frames.mask is None else frames.mask[0]
+            cand = torch.cat([center_translations(drrs, lvl.detector, frames.fixed[0], ref_mask, cand[s : s + chunk],
+                                                  self.center) for s in range(0, cand.shape[0], chunk)])
         scores = []
         with torch.no_grad():
             for s in range(0, cand.shape[0], chunk):
-                scores.append(sim(drrs(cand[s : s + chunk]), fixed, mask))
+                c = cand[s : s + chunk]
+                scores.append(frames.similarity(sim, drrs(frames.poses(c)), c.shape[0]))
         order = torch.cat(scores).argsort(descending=True)
         best = cand[order[: min(cfg.init_refine, cand.shape[0])]]
         if cfg.init_refine_iterations > 0:
             hist = [] if history is None else history
             best, losses, _, _ = self._optimise_level(
-                lvl, fixed, mask, best, hist, None, max_iterations=cfg.init_refine_iterations
+                lvl, frames, best, hist, None, max_iterations=cfg.init_refine_iterations
             )
             best = best[losses.argsort()]
         return best[: cfg.init_keep]
@@ -262,6 +263,36 @@ class Registrar:
             d["mtre_best_mm"] = round(float(self.mtre(pose[0].cpu(), truth.cpu())), 3)
         return d
 
+    def _full_frames(self, fixed: np.ndarray | Tensor, mask, views: Sequence[View]) -> ViewStack:
+        """Check and stack the reference frame and the extra views at full resolution."""
+        images, masks, rel = [], [], []
+        for k, (f, m, t) in enumerate([(fixed, mask, None)] + [(v.fixed, v.mask, v.cam_from_ref) for v in views]):
+            what = "image" if k == 0 else f"view {k} image"
+            f_t = prepare_fixed(f)
+            if tuple(f_t.shape) != self.detector.shape:
+                raise FixedImageError(f"{what} is {tuple(f_t.shape)}, detector expects {self.detector.shape}")
+            images.append(f_t.to(self.device, torch.float64))
+            m_t = None
+            if m is not None:
+                m_t = torch.as_tensor(np.asarray(m)).to(self.device, torch.bool)
+                if tuple(m_t.shape) != self.detector.shape:
+                    raise FixedImageError(f"{what.replace('image', 'mask')} is {tuple(m_t.shape)}, detector expects "
+                                          f"{self.detector.shape}")
+            masks.append(m_t)
+            rel.append(torch.eye(4, dtype=torch.float64) if t is None else torch.as_tensor(t, dtype=torch.float64))
+        mask_t = None
+        if any(m is not None for m in masks):
+            mask_t = torch.stack([torch.ones(self.detector.shape, dtype=torch.bool, device=self.device)
+                                  if m is None else m for m in masks])
+        cam_from_ref = torch.stack(rel).to(self.device) if len(images) > 1 else None
+        return ViewStack(torch.stack(images), mask_t, cam_from_ref)
+
+    @staticmethod
+    def _frames_at(full: ViewStack, lvl: _Level) -> ViewStack:
+        f = downsample_image(full.fixed, lvl.detector)
+        m = None if full.mask is None else downsample_image(full.mask.double(), lvl.detector) > 0.99
+        return ViewStack(f, m, full.cam_from_ref)
+
     def register(
         self,
         fixed: np.ndarray | Tensor,
@@ -270,32 +301,24 @@ class Registrar:
         mask: Bool[Tensor, "H W"] | np.ndarray | None = None,
         truth: Float[Tensor, "4 4"] | None = None,
         callback: Callable[[int, Tensor, Tensor], None] | None = None,
+        views: Sequence[View] = (),
     ) -> RegistrationResult:
-        """Register one fixed image, starting from ``init_pose`` (``T_cam_ct``).
+        """Register one fixed image (and optionally more views of it), starting from ``init_pose`` (``T_cam_ct``).
 
         ``fixed`` must already be in DRR-like units (see :func:`prepare_fixed`; it is checked
-        again here) and have the detector's full-resolution shape. ``truth`` (``T_cam_ct``)
-        adds the mTRE and the success flag to the result. ``callback(iteration, poses,
-        losses)`` is called every iteration of the pyramid levels (progress bars,
-        convergence curves); the search's own iterations are in ``history`` but not called back.
+        again here) and have the detector's full-resolution shape. ``views`` (:class:`.View`)
+        are more frames of the same, still patient with known relative cameras: one pose is
+        registered to all of them (the mean of the per-view similarities, one batched render
+        per iteration), which resolves the depth a single view sees only through magnification;
+        no views is exactly the single-view registration. ``truth`` (``T_cam_ct``) adds the
+        mTRE and the success flag to the result. ``callback(iteration, poses, losses)`` is
+        called every iteration of the pyramid levels (progress bars, convergence curves); the
+        search's own iterations are in ``history`` but not called back.
         """
         t0 = time.perf_counter()
         cfg = self.config
         self.use_pyramid(cfg.pyramid)  # the config may have been swapped since the last call
-        fixed_t = prepare_fixed(fixed)
-        if tuple(fixed_t.shape) != self.detector.shape:
-            raise FixedImageError(f"image is {tuple(fixed_t.shape)}, detector expects {self.detector.shape}")
-        fixed_t = fixed_t.to(self.device, torch.float64)
-        mask_t = None
-        if mask is not None:
-            mask_t = torch.as_tensor(np.asarray(mask)).to(self.device, torch.bool)
-            if tuple(mask_t.shape) != self.detector.shape:
-                raise FixedImageError(f"mask is {tuple(mask_t.shape)}, detector expects {self.detector.shape}")
-
-        def at(lvl: _Level) -> tuple[Tensor, Tensor | None]:
-            f = downsample_image(fixed_t, lvl.detector)
-            m = None if mask_t is None else downsample_image(mask_t.double(), lvl.detector) > 0.99
-            return f, m
+        full = self._full_frames(fixed, mask, views)
 
         pose = init_pose.to(self.device, torch.float64).reshape(1, 4, 4)
         history: list[float] = []
@@ -303,22 +326,21 @@ class Registrar:
         if cfg.init_search:
             slvl = self._search_level()
             ts = time.perf_counter()
-            pose = self._search(slvl, *at(slvl), pose[0], history)
+            pose = self._search(slvl, self._frames_at(full, slvl), pose[0], history)
             px = slvl.detector.height * slvl.detector.width
-            renders = cfg.init_candidates * (3 if cfg.init_center else 1)
-            renders += min(cfg.init_refine, cfg.init_candidates) * len(history)
+            renders = cfg.init_candidates * (2 + full.count if cfg.init_center else full.count)
+            renders += min(cfg.init_refine, cfg.init_candidates) * len(history) * full.count
             stages.append(self._stage("search", slvl, cfg.init_candidates, len(history), "done", ts, pose, truth,
                                       renders * px))
         iterations, reason, losses = len(history), "no levels", torch.zeros(1)
         for i, lvl in enumerate(self.levels):
             ts = time.perf_counter()
-            fixed_l, mask_l = at(lvl)
             # Candidates arrive sorted best first (search, or the sort below).
             pose = pose[: cfg.keep_at(i)]
             # All candidates descend together (one batched render per step); the choice
             # between them is made at the finest level, where the similarity is most telling.
             pose, losses, its, reason = self._optimise_level(
-                lvl, fixed_l, mask_l, pose, history, callback, max_iterations=cfg.iterations_at(i),
+                lvl, self._frames_at(full, lvl), pose, history, callback, max_iterations=cfg.iterations_at(i),
                 lr_scale=cfg.level_lr_decay**i,
             )
             order = losses.argsort()
@@ -326,18 +348,23 @@ class Registrar:
             iterations += its
             px = lvl.detector.height * lvl.detector.width
             stages.append(self._stage(f"level x{lvl.factor}", lvl, pose.shape[0], its, reason, ts, pose, truth,
-                                      pose.shape[0] * its * px))
+                                      pose.shape[0] * its * px * full.count))
             if reason.startswith("diverged"):
                 break
         final = pose[losses.argmin()]
+        last = self.levels[-1]
         with torch.no_grad():
-            drr = render(self.levels[-1].volume, final[None], self.levels[-1].detector,
-                         self.settings(self.levels[-1].factor))
-            fine = self.levels[-1].detector.shape == self.detector.shape
-            ref = fixed_t if fine else downsample_image(fixed_t, self.levels[-1].detector)
-            m = mask_t if (mask_t is not None and fine) else None
-            final_zncc = float(zncc(drr, ref, m)[0])
-            final_sim = float(similarity_fn(cfg)(drr, ref, m)[0])
+            drr = render(last.volume, full.poses(final[None]), last.detector, self.settings(last.factor))  # K h w
+            fine = last.detector.shape == self.detector.shape
+            ref = full.fixed if fine else downsample_image(full.fixed, last.detector)
+            m = full.mask if (full.mask is not None and fine) else None
+            if full.count == 1:  # exactly the single-view numbers
+                view_zncc = [float(zncc(drr, ref[0], None if m is None else m[0])[0])]
+                final_sim = float(similarity_fn(cfg)(drr, ref[0], None if m is None else m[0])[0])
+            else:
+                view_zncc = [float(v) for v in zncc(drr, ref, m)]
+                final_sim = float(similarity_fn(cfg)(drr, ref, m).mean())
+            final_zncc = min(view_zncc)
         converged = reason == "converged"
         if not math.isfinite(final_zncc):
             accepted, verdict = False, "non-finite similarity"
@@ -346,7 +373,8 @@ class Registrar:
         elif final_zncc < cfg.min_similarity:
             accepted, verdict = False, f"similarity {final_zncc:.4f} below gate {cfg.min_similarity:.4f}"
         else:
-            accepted, verdict = True, f"ok (ZNCC {final_zncc:.4f})"
+            accepted, verdict = True, f"ok (ZNCC {final_zncc:.4f})" if full.count == 1 else (
+                f"ok ({full.count} views, lowest ZNCC {final_zncc:.4f})")
         angles, trans = matrix_to_carm(final.cpu(), self.center)
         result = RegistrationResult(
             pose=final.detach().cpu(),
@@ -362,6 +390,7 @@ class Registrar:
             verdict=verdict,
             history=history,
             stages=stages,
+            view_zncc=view_zncc,
         )
         if truth is not None:
             result.mtre_mm = float(self.mtre(result.pose, truth.cpu()))

@@ -15,8 +15,8 @@ class RegistrationResult:
     pose: Float[Tensor, "4 4"]
     angles_rad: Float[Tensor, " 3"]
     translation_mm: Float[Tensor, " 3"]
-    similarity: float  # configured similarity, full resolution
-    zncc: float  # full-resolution ZNCC (the seed's metric)
+    similarity: float  # configured similarity, full resolution (mean over the views)
+    zncc: float  # full-resolution ZNCC (the seed's metric; the lowest over the views)
     iterations: int
     wall_time_s: float
     converged: bool  # the last level stopped on the convergence criterion, not on max_iterations
@@ -27,6 +27,7 @@ class RegistrationResult:
     mtre_mm: float | None = None  # when a ground truth was given
     success: bool | None = None  # mTRE below the success threshold (when a truth was given)
     stages: list[dict] = field(default_factory=list)  # per stage (search, levels): size, iterations, time
+    view_zncc: list[float] = field(default_factory=list)  # full-resolution ZNCC per view, the reference first
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -1,22 +1,27 @@
-"""Frame after frame: which start pose and mode a frame gets, and the lost-track gate. Pure, no ROS.
+"""Frame after frame: the start pose and mode, the lost-track gate, the window of views. Pure, no ROS.
 
 The node keeps one :class:`Tracker`. A frame starts from the joints and the CT's placement
 prior (``"full"``: the wide search) when there is no good pose to carry, else from the last
 good pose carried through the C-arm and table motion since (``"tracking"``). A tracking
 result whose ZNCC falls well below the recent accepted ones has lost track, even when it
 passed the registration's own gate: the next frame then starts from the joints again.
+
+:class:`ViewWindow` keeps the recent registered frames from *other* C-arm angles, so that each
+new frame is registered jointly with them (depth from several views; see :mod:`.views`).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jaxtyping import Float
 from torch import Tensor
 
-from ..geometry.kinematics import CArmJoints, initial_pose, propagate_pose
+from ..geometry.kinematics import CArmJoints, beam_separation_rad, initial_pose, propagate_pose
+from .views import View, view_from_joints
 
 #: Accepted frames whose ZNCC the lost-track gate compares with.
 HISTORY = 7
@@ -91,4 +96,111 @@ class Tracker:
         self.last_good = None
 
 
-__all__ = ["HISTORY", "MIN_HISTORY", "FrameStart", "LostTrackGate", "Tracker"]
+@dataclass
+class WindowView:
+    """A registered frame kept for later joint registrations (patient assumed still on the table)."""
+
+    fixed: Tensor  # (H, W) DRR-like units
+    mask: Tensor | None  # (H, W) bool
+    joints: CArmJoints
+    stamp: float  # s
+    zncc: float  # its ZNCC when it was registered
+
+
+@dataclass
+class ViewWindow:
+    """Recent registered frames from different C-arm angles (the node's angle history).
+
+    A frame counts as a new view only when its beam is at least ``min_separation_deg`` from
+    every view kept (identical angles add no depth information); otherwise it replaces the
+    nearest one (the newer frame wins). At most ``max_views`` are kept, none older than
+    ``max_age_s``; when full, the oldest goes.
+    """
+
+    max_views: int = 3
+    min_separation_deg: float = 15.0
+    max_age_s: float = 60.0
+    views: list[WindowView] = field(default_factory=list)
+
+    def _prune(self, stamp: float) -> None:
+        self.views = [v for v in self.views if stamp - v.stamp <= self.max_age_s and v.stamp <= stamp]
+
+    def others(self, joints: CArmJoints, stamp: float) -> list[WindowView]:
+        """The kept views that add an angle to a frame at ``joints`` (``max_views - 1`` at most, newest first)."""
+        self._prune(stamp)
+        sep = math.radians(self.min_separation_deg)
+        far = [v for v in self.views if beam_separation_rad(v.joints, joints) >= sep]
+        return sorted(far, key=lambda v: -v.stamp)[: max(0, self.max_views - 1)]
+
+    def as_views(self, kept: list[WindowView], joints_ref: CArmJoints) -> list[View]:
+        """``kept`` as :class:`.View` s of a registration whose reference frame is at ``joints_ref``."""
+        return [view_from_joints(v.fixed, v.joints, joints_ref, v.mask) for v in kept]
+
+    def add(self, view: WindowView) -> None:
+        """Keep ``view``: it replaces a kept view closer than the minimum separation, else the oldest when full."""
+        if self.max_views <= 1:
+            self.views = []
+            return
+        self._prune(view.stamp)
+        sep = math.radians(self.min_separation_deg)
+        self.views = [v for v in self.views if beam_separation_rad(v.joints, view.joints) >= sep]
+        self.views.append(view)
+        self.views = sorted(self.views, key=lambda v: v.stamp)[-self.max_views:]
+
+    def spread_deg(self, joints: CArmJoints) -> float:
+        """The largest beam separation (deg) between ``joints`` and a kept view (0 when none)."""
+        return max((math.degrees(beam_separation_rad(v.joints, joints)) for v in self.views), default=0.0)
+
+    def clear(self) -> None:
+        self.views = []
+
+
+@dataclass(frozen=True)
+class KnownPoseGate:
+    """A pose goes on TF because it is known: the predicted 1-sigma target error below ``max_target_sigma_mm``
+    along every camera axis (:meth:`.PoseCovariance.target_sigma_mm`, in plane and along the beam).
+
+    Without a covariance, the depth counts as resolved only with at least two views.
+    """
+
+    max_target_sigma_mm: float = 1.0
+    min_separation_deg: float = 15.0
+
+    def check(self, target_sigma_mm: Tensor | None, views: int) -> tuple[bool, str]:
+        """``(known, why not)`` for a pose with predicted target sigmas ``(x, y, z)`` (mm) from ``views`` views."""
+        hint = f"add a view at least {self.min_separation_deg:.0f} deg away"
+        if target_sigma_mm is None:
+            if views >= 2:
+                return True, ""
+            return False, f"depth unresolved: a single view (no covariance to tell); {hint}"
+        sx, sy, sz = (float(v) for v in target_sigma_mm)
+        limit = self.max_target_sigma_mm
+        if max(sx, sy, sz) <= limit:
+            return True, ""
+        if sz > limit and sz >= max(sx, sy):
+            return False, (f"depth unresolved: predicted {sz:.2f} mm (1 sigma) along the beam from {views} view(s), "
+                           f"limit {limit:.2f} mm; {hint}")
+        return False, (f"pose not known well enough: predicted 1-sigma target error x {sx:.2f}, y {sy:.2f}, "
+                       f"z {sz:.2f} mm, limit {limit:.2f} mm")
+
+
+def disagreeing_views(kept: list[WindowView], view_zncc: list[float], max_drop: float) -> list[int]:
+    """Indices (into ``kept``) of old views whose ZNCC fell by more than ``max_drop`` in a joint registration.
+
+    ``view_zncc`` is the joint result's per-view ZNCC, the new frame first. An old view that no
+    longer matches the pose the others agree on says the patient moved since it was taken.
+    """
+    return [i for i, (v, z) in enumerate(zip(kept, view_zncc[1:], strict=True)) if z < v.zncc - max_drop]
+
+
+__all__ = [
+    "HISTORY",
+    "MIN_HISTORY",
+    "FrameStart",
+    "KnownPoseGate",
+    "LostTrackGate",
+    "Tracker",
+    "ViewWindow",
+    "WindowView",
+    "disagreeing_views",
+]

@@ -29,6 +29,7 @@ rotation about the parent frame's fixed axes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,7 @@ from torch import Tensor
 from ..geometry.rotations import axis_angle_to_matrix, make_transform, skew
 from .fixed_image import prepare_fixed
 from .registrar import Registrar
+from .views import View
 
 #: First finite-difference steps: translation (mm) and rotation (rad). The second pass uses
 #: the first pass's sigmas (clamped to MIN_STEPS..MAX_STEPS): the Siddon DRR is piecewise
@@ -48,6 +50,8 @@ STEP_MM = 0.5
 STEP_RAD = 1e-3
 MIN_STEPS = torch.tensor([0.05] * 3 + [5e-5] * 3, dtype=torch.float64)
 MAX_STEPS = torch.tensor([5.0] * 3 + [1e-2] * 3, dtype=torch.float64)
+#: Largest residual autocorrelation lag (pixels) counted by :func:`residual_correlation`.
+MAX_LAG_PX = 12
 
 
 @dataclass
@@ -59,8 +63,11 @@ class PoseCovariance:
             translation of the CT centre and rotation about it.
         pose: the pose it belongs to, ``T_cam_ct``.
         center_ct: the CT centre (CT frame, mm) the parameters refer to.
-        residual_std: ``s``, the rms of ``f - d`` in units of the image's standard deviation.
-        pixels: pixels used.
+        residual_std: ``s``, the rms of ``f - d`` in units of the image's standard deviation
+            (reference view).
+        pixels: pixels used, all views.
+        views: how many views it combines.
+        statistical: ``cov`` without the systematic magnification term (noise and residuals only).
     """
 
     cov: Float[Tensor, "6 6"]
@@ -68,6 +75,24 @@ class PoseCovariance:
     center_ct: Float[Tensor, " 3"]
     residual_std: float
     pixels: int
+    views: int = 1
+    statistical: Float[Tensor, "6 6"] | None = None  # without the systematic scale term (None: same as cov)
+
+    def target_sigma_mm(self, points_ct: Float[Tensor, "P 3"]) -> Float[Tensor, " 3"]:
+        """Predicted 1-sigma error of the targets along camera x, y (in plane) and z (the beam), mm (rms over targets).
+
+        A target at ``x`` (camera frame) moves by ``dt + dw x (x - c)`` for a pose change
+        ``(dt, dw)`` about the CT centre ``c``: rotations count at the targets' lever arms.
+        """
+        pts = points_ct.to(torch.float64)
+        r, t = self.pose[:3, :3], self.pose[:3, 3]
+        x_cam = pts @ r.T + t
+        c_cam = r @ self.center_ct + t
+        jac = torch.zeros(pts.shape[0], 3, 6, dtype=torch.float64)
+        jac[:, :, :3] = torch.eye(3, dtype=torch.float64)
+        jac[:, :, 3:] = -skew(x_cam - c_cam)
+        var = torch.einsum("pij,jk,pik->pi", jac, self.cov, jac)  # P 3: per-target variance per axis
+        return var.mean(0).clamp_min(0).sqrt()
 
     @property
     def sigma_mm(self) -> Float[Tensor, " 3"]:
@@ -76,8 +101,9 @@ class PoseCovariance:
 
     @property
     def steps(self) -> Float[Tensor, " 6"]:
-        """Finite-difference steps at the scale of these sigmas (for the next frame's estimate)."""
-        return self.cov.diagonal().sqrt().clamp(MIN_STEPS, MAX_STEPS)
+        """Finite-difference steps at the scale of the statistical sigmas (for the next frame's estimate)."""
+        cov = self.cov if self.statistical is None else self.statistical
+        return cov.diagonal().sqrt().clamp(MIN_STEPS, MAX_STEPS)
 
     @property
     def sigma_deg(self) -> Float[Tensor, " 3"]:
@@ -124,51 +150,152 @@ def pose_covariance(
     mask: np.ndarray | Tensor | None = None,
     steps: Float[Tensor, " 6"] | None = None,
     compare: str = "line_integral",
+    views: Sequence[View] = (),
+    correlated: bool = True,
+    scale_uncertainty: float = 0.0,
 ) -> PoseCovariance:
-    """Covariance of the registered ``pose`` (``T_cam_ct``) given the ``fixed`` frame.
+    """Covariance of the registered ``pose`` (``T_cam_ct``) given the ``fixed`` frame (and more ``views``).
 
-    ``fixed`` and ``mask`` as for :meth:`.Registrar.register` (line integrals; ``mask`` marks
-    the pixels that carry signal). Costs 2 x 13 DRRs at full resolution, in two batches; or
-    one batch when ``steps`` (mm, rad) are given, e.g. :attr:`PoseCovariance.steps` of the
-    previous frame of a tracking sequence. ``compare="intensity"`` models the transmitted
-    intensities ``exp(-L)`` instead of the line integrals (as ``RegistrationConfig.compare``).
+    ``fixed``, ``mask`` and ``views`` as for :meth:`.Registrar.register` (line integrals; ``mask``
+    marks the pixels that carry signal). Each view adds its information ``a_k^2 / s_k^2 J_k^T J_k``
+    (its own ZNCC ``a_k`` and residual ``s_k``; ``J_k`` from the same perturbations of the
+    reference pose seen through the view's camera), so the depth variance of one view shrinks
+    as views from other angles are added, and a view from the same angle adds no new direction.
+    Costs 2 x 13 x K DRRs at full resolution, in two batches; or one batch when ``steps`` (mm,
+    rad) are given, e.g. :attr:`PoseCovariance.steps` of the previous frame of a tracking
+    sequence. ``compare="intensity"`` models the transmitted intensities ``exp(-L)`` instead of
+    the line integrals (as ``RegistrationConfig.compare``). ``correlated``: count the residual's
+    spatial correlation (:func:`residual_correlation`) instead of treating every pixel as independent.
+    ``scale_uncertainty``: a relative magnification error the DRR's physics may leave (e.g.
+    0.003: a 0.3 % size error, 2.3 mm of depth at SID 750 mm), which one view cannot tell
+    from depth; views from other angles resolve it.
     """
     if compare not in ("line_integral", "intensity"):
         raise ValueError(f"compare must be line_integral or intensity, got {compare!r}")
-    f = prepare_fixed(fixed).to(registrar.device, torch.float64)
-    m = torch.ones_like(f, dtype=torch.bool) if mask is None else torch.as_tensor(np.asarray(mask)).to(f.device)
-    m = m.to(torch.bool)
-    n = int(m.sum())
-    if n <= 6:
-        raise ValueError(f"{n} pixels cannot determine 6 pose parameters")
+    frames = [(fixed, mask, None)] + [(v.fixed, v.mask, v.cam_from_ref) for v in views]
+    normalised, masks, rel = [], [], []
+    for f_raw, m_raw, t in frames:
+        f = prepare_fixed(f_raw).to(registrar.device, torch.float64)
+        m = torch.ones_like(f, dtype=torch.bool) if m_raw is None else torch.as_tensor(np.asarray(m_raw)).to(f.device)
+        m = m.to(torch.bool)
+        if int(m.sum()) <= 6:
+            raise ValueError(f"{int(m.sum())} pixels cannot determine 6 pose parameters")
+        normalised.append(_normalise(torch.exp(-f) if compare == "intensity" else f, m))
+        masks.append(m)
+        rel.append(None if t is None else torch.as_tensor(t, dtype=torch.float64))
     pose = pose.to(torch.float64).cpu()
     center = registrar.center.to(torch.float64).cpu()
     center_cam = pose[:3, :3] @ center + pose[:3, 3]
-    f_n = _normalise(torch.exp(-f) if compare == "intensity" else f, m)
     passes = 2 if steps is None else 1
     if steps is None:
         steps = torch.tensor([STEP_MM] * 3 + [STEP_RAD] * 3, dtype=torch.float64)
     steps = steps.to(torch.float64).cpu().clamp(MIN_STEPS, MAX_STEPS)
     for _ in range(passes):  # the second pass with steps at the scale of the first answer's sigmas
-        cov, s2 = _gauss_newton(registrar, pose, center_cam, f_n, m, steps, compare)
-        steps = cov.diagonal().sqrt().clamp(MIN_STEPS, MAX_STEPS)
-    return PoseCovariance(cov.cpu(), pose, center, residual_std=s2**0.5, pixels=n)
+        cov, stat, s2 = _gauss_newton(registrar, pose, center_cam, normalised, masks, rel, steps, compare, correlated,
+                                      scale_uncertainty)
+        steps = stat.diagonal().sqrt().clamp(MIN_STEPS, MAX_STEPS)
+    return PoseCovariance(cov.cpu(), pose, center, residual_std=s2**0.5, pixels=int(sum(int(m.sum()) for m in masks)),
+                          views=len(frames), statistical=stat.cpu())
+
+
+def _embed(values: Float[Tensor, "... n"], mask: Float[Tensor, "H W"]) -> Float[Tensor, "... H W"]:
+    out = torch.zeros(*values.shape[:-1], *mask.shape, dtype=torch.float64, device=values.device)
+    out[..., mask] = values
+    return out
+
+
+def residual_correlation(
+    residual: Float[Tensor, " n"], mask: Float[Tensor, "H W"], max_lag: int = MAX_LAG_PX
+) -> Float[Tensor, "2L+1 2L+1"]:
+    """The residual's normalised autocorrelation ``rho(dy, dx)`` for lags up to ``max_lag`` px (lag 0 at the centre).
+
+    Over the masked pixels (FFT, corrected for the overlap of the mask with its shift); lags
+    where ``rho`` does not exceed ``3 / sqrt(n)`` (what white noise reaches by chance) are set
+    to 0. White noise gives ``rho = 1`` at lag 0 only; the smooth residual of unmodelled physics
+    (scatter, beam hardening, a wrong blur) stays correlated over many pixels.
+    """
+    h, w = mask.shape
+    size = (2 * h, 2 * w)
+    img = _embed(residual - residual.mean(), mask)
+    spec = torch.fft.rfft2(img, s=size)
+    acf = torch.fft.irfft2(spec * spec.conj(), s=size)
+    mspec = torch.fft.rfft2(mask.to(torch.float64), s=size)
+    overlap = torch.fft.irfft2(mspec * mspec.conj(), s=size).round().clamp_min(1.0)
+    rho = (acf / overlap) / (acf[0, 0] / overlap[0, 0]).clamp_min(1e-30)
+    lags = torch.arange(-max_lag, max_lag + 1, device=residual.device)
+    window = rho[lags[:, None] % size[0], lags[None, :] % size[1]]
+    window = torch.where(window > 3.0 / int(mask.sum()) ** 0.5, window, torch.zeros_like(window))
+    window[max_lag, max_lag] = 1.0
+    return window
+
+
+def correlated_gram(jac: Float[Tensor, "n 6"], mask: Float[Tensor, "H W"], rho: Float[Tensor, "2L+1 2L+1"]) -> Tensor:
+    """``J^T R J`` for residuals with the correlation ``rho``: ``sum_lag rho(lag) sum_p J(p) J(p + lag)^T``.
+
+    With white noise (``rho`` = 1 at lag 0 only) this is ``J^T J``.
+    """
+    h, w = mask.shape
+    size = (2 * h, 2 * w)
+    spec = torch.fft.rfft2(_embed(jac.T, mask), s=size)  # 6 x spectrum
+    cross = torch.fft.irfft2(spec[:, None].conj() * spec[None, :], s=size)  # 6 6 2H 2W: sum_p J_i(p) J_j(p+lag)
+    lag = rho.shape[0] // 2
+    lags = torch.arange(-lag, lag + 1, device=jac.device)
+    window = cross[..., lags[:, None] % size[0], lags[None, :] % size[1]]  # 6 6 2L+1 2L+1
+    gram = (window * rho).sum((-1, -2))
+    return 0.5 * (gram + gram.T)
 
 
 def _gauss_newton(
-    registrar: Registrar, pose: Tensor, center_cam: Tensor, f_n: Tensor, mask: Tensor, steps: Tensor, compare: str
-) -> tuple[Tensor, float]:
-    """``s^2 / a^2 (J^T J)^-1`` with ``J`` from central differences of the given steps; and ``s^2``."""
+    registrar: Registrar, pose: Tensor, center_cam: Tensor, f_n: list[Tensor], masks: list[Tensor],
+    rel: list[Tensor | None], steps: Tensor, compare: str, correlated: bool = True, scale_uncertainty: float = 0.0,
+) -> tuple[Tensor, Tensor, float]:
+    """The views' covariances combined, ``(sum_k C_k^-1)^-1``, with and without the scale term; the reference ``s^2``.
+
+    Per view ``C_k = A_k^-1 B_k A_k^-1 + sigma_k^2 u_k u_k^T`` with ``A_k = w_k J_k^T J_k``,
+    ``B_k = w_k J_k^T R_k J_k``, ``w_k = a_k^2 / s_k^2``: ``J_k`` from central differences,
+    ``R_k`` the residual correlation (:func:`residual_correlation`; the identity when not
+    ``correlated``: the sandwich form of a least-squares fit with correlated residuals), and a
+    systematic depth term: a relative magnification error ``scale_uncertainty`` moves the pose
+    along the view's beam ``u_k`` by ``sigma_k = scale_uncertainty x`` (source to CT centre).
+    For one view with white residuals and no scale term this is ``s^2 / a^2 (J^T J)^-1`` (the
+    module docstring).
+    """
     delta = torch.zeros(13, 6, dtype=torch.float64)
     for i in range(6):
         delta[1 + 2 * i, i] = steps[i]
         delta[2 + 2 * i, i] = -steps[i]
-    drrs = registrar.render(_perturbed(pose, center_cam, delta))  # 13 H W, full resolution
-    drrs = drrs.to(torch.float64)
-    d = _normalise(torch.exp(-drrs) if compare == "intensity" else drrs, mask)  # 13 n
-    jac = torch.stack([(d[1 + 2 * i] - d[2 + 2 * i]) / (2 * steps[i]) for i in range(6)], -1)  # n 6
-    n = f_n.shape[-1]
-    a = float((f_n * d[0]).sum()) / (n - 1)  # ZNCC: the normalised frame is a * DRR + noise
-    s2 = float(((f_n - a * d[0]) ** 2).sum()) / (n - 6)
-    cov = s2 * torch.linalg.pinv(a * a * (jac.T @ jac), hermitian=True)
-    return 0.5 * (cov + cov.T), s2
+    perturbed = _perturbed(pose, center_cam, delta)  # 13 poses of the reference view
+    poses = torch.cat([perturbed if t is None else t @ perturbed for t in rel])  # K * 13, view-major
+    drrs = registrar.render(poses).to(torch.float64)  # full resolution, one batch
+    sid = float(registrar.detector.sid)
+    info = torch.zeros(6, 6, dtype=torch.float64)
+    stat_info = torch.zeros_like(info)
+    s2_ref = 0.0
+    for k, (f, m) in enumerate(zip(f_n, masks, strict=True)):
+        d_k = drrs[13 * k : 13 * (k + 1)]
+        d = _normalise(torch.exp(-d_k) if compare == "intensity" else d_k, m)  # 13 n
+        jac = torch.stack([(d[1 + 2 * i] - d[2 + 2 * i]) / (2 * steps[i]) for i in range(6)], -1)  # n 6
+        n = f.shape[-1]
+        a = float((f * d[0]).sum()) / (n - 1)  # ZNCC: the normalised frame is a * DRR + noise
+        residual = f - a * d[0]
+        s2 = float((residual**2).sum()) / (n - 6)
+        gram = (a * a / s2) * (jac.T @ jac)
+        bread = torch.linalg.pinv(gram, hermitian=True)
+        if correlated:
+            meat = (a * a / s2) * correlated_gram(jac, m, residual_correlation(residual, m))
+            cov_k = bread @ meat @ bread
+        else:
+            cov_k = bread
+        cov_k = cov_k.cpu()
+        cov_k = 0.5 * (cov_k + cov_k.T)
+        stat_info = stat_info + torch.linalg.pinv(cov_k, hermitian=True)
+        if scale_uncertainty > 0:  # along this view's beam, in the reference camera's axes
+            k_from_ref = torch.eye(4, dtype=torch.float64) if rel[k] is None else rel[k].cpu()
+            depth = float(k_from_ref[2, :3] @ center_cam + k_from_ref[2, 3])  # CT centre, this view's z
+            u = torch.zeros(6, dtype=torch.float64)
+            u[:3] = k_from_ref[2, :3]  # this view's beam in the reference camera's axes
+            cov_k = cov_k + (scale_uncertainty * (sid + depth)) ** 2 * torch.outer(u, u)
+        info = info + torch.linalg.pinv(cov_k, hermitian=True)
+        s2_ref = s2 if k == 0 else s2_ref
+    cov, stat = torch.linalg.pinv(info, hermitian=True), torch.linalg.pinv(stat_info, hermitian=True)
+    return 0.5 * (cov + cov.T), 0.5 * (stat + stat.T), s2_ref
