@@ -423,11 +423,13 @@ class RegistrationGlue:
         config = self._config(tracking=True) if start.mode == "tracking" else self._config(wide=True)
         self._last_stamp = frame.stamp
         result = self._register(frame, start.init_pose, config, kept)
-        moved = disagreeing_views(kept, result.view_zncc, self._p("multiview.max_view_zncc_drop")) if kept else []
+        moved = disagreeing_views(kept, result.view_zncc, self._p("multiview.max_view_zncc_drop"),
+                                  self._p("registration.max_similarity_drop_relative"))
         if moved:  # an old view no longer fits: the patient moved since it was taken
             drops = ", ".join(f"{kept[i].zncc:.4f} -> {result.view_zncc[i + 1]:.4f}" for i in moved)
             self._warn(f"angle history reset: {len(moved)} of {len(kept)} earlier view(s) disagree with this frame "
-                       f"(ZNCC {drops}; the patient moved?); registering this frame alone")
+                       f"(their ZNCC then -> jointly: {drops}; this frame {result.view_zncc[0]:.4f}; the patient "
+                       f"moved?); registering this frame alone")
             with self._lock:
                 self.window.clear()
                 self.stats.window_resets += 1

@@ -184,13 +184,27 @@ class KnownPoseGate:
                        f"z {sz:.2f} mm, limit {limit:.2f} mm")
 
 
-def disagreeing_views(kept: list[WindowView], view_zncc: list[float], max_drop: float) -> list[int]:
-    """Indices (into ``kept``) of old views whose ZNCC fell by more than ``max_drop`` in a joint registration.
+def disagreeing_views(
+    kept: list[WindowView], view_zncc: list[float], max_drop: float, max_drop_relative: float = 0.0
+) -> list[int]:
+    """Indices (into ``kept``) of old views that do not fit one pose with the new frame (the patient moved?).
 
-    ``view_zncc`` is the joint result's per-view ZNCC, the new frame first. An old view that no
-    longer matches the pose the others agree on says the patient moved since it was taken.
+    ``view_zncc`` is the joint result's per-view ZNCC, the new frame first. A view's tolerance is
+    ``max(max_drop, max_drop_relative * (1 - its ZNCC))`` (as the lost-track gate's: real frames
+    sit further below 1). An old view whose ZNCC fell by more than that from when it was
+    registered no longer matches the pose the others agree on; and when the new frame itself
+    ends that far below every old view's own ZNCC, the pose that fits the old views does not
+    fit it: all old views disagree with it.
     """
-    return [i for i, (v, z) in enumerate(zip(kept, view_zncc[1:], strict=True)) if z < v.zncc - max_drop]
+    if not kept:
+        return []
+    tol = [max(max_drop, max_drop_relative * (1.0 - v.zncc)) for v in kept]
+    old = [i for i, (v, z, t) in enumerate(zip(kept, view_zncc[1:], tol, strict=True)) if z < v.zncc - t]
+    if old:
+        return old
+    if view_zncc[0] < min(v.zncc - t for v, t in zip(kept, tol, strict=True)):
+        return list(range(len(kept)))
+    return []
 
 
 __all__ = [

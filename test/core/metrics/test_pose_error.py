@@ -42,6 +42,6 @@ def test_a_rotation_about_the_centre_has_depth_errors_of_both_signs():
     pts = target_points(torch.zeros(3, dtype=D), torch.full((3,), 90.0, dtype=D))
     truth = torch.eye(4, dtype=D)
     est = make_transform(rot_z(torch.tensor(0.0, dtype=D)), torch.zeros(3, dtype=D))
-    est[:3, :3] = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.9998, -0.02], [0.0, 0.02, 0.9998]], dtype=D)  # ~1.1 deg about x
+    est[:3, :3] = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.9998, -0.02], [0.0, 0.02, 0.9998]], dtype=D)  # about x
     err = inplane_depth_error(est, truth, pts)
     assert float(err.depth_mm) > 0.3 and abs(float(err.depth_bias_mm)) < 1e-9

@@ -148,7 +148,7 @@ def test_coarse_levels_average_the_ct_per_axis():
 
 def test_the_search_runs_on_a_small_image_whatever_the_detector():
     vol = make_phantom("head_tiny")
-    big = Registrar(vol, Detector(100, 80, spacing_mm=(4.0, 4.0)), RegistrationConfig(), device="cpu")
+    big = Registrar(vol, Detector(100, 80, spacing_mm=(4.0, 4.0)), RegistrationConfig(init_size=16), device="cpu")
     assert big.search_factor() == 7 and big._search_level().detector.shape == (14, 11)
     assert Registrar(vol, DET32, RegistrationConfig(), device="cpu").search_factor() == 2  # = pyramid[0]
     fixed = Registrar(vol, DET32, RegistrationConfig(init_factor=4), device="cpu")

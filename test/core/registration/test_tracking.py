@@ -2,10 +2,18 @@
 
 import math
 
+import pytest
 import torch
 
-from diffdrr_ros.core.geometry import CArmJoints, default_prior, initial_pose, propagate_pose
-from diffdrr_ros.core.registration import LostTrackGate, Tracker
+from diffdrr_ros.core.geometry import CArmJoints, camera_motion, default_prior, initial_pose, propagate_pose
+from diffdrr_ros.core.registration import (
+    KnownPoseGate,
+    LostTrackGate,
+    Tracker,
+    ViewWindow,
+    WindowView,
+    disagreeing_views,
+)
 
 CENTER = torch.tensor([10.0, -20.0, 30.0], dtype=torch.float64)
 PRIOR = default_prior(CENTER)
@@ -59,3 +67,47 @@ def test_lost_track_gate_needs_history_and_follows_the_frames_mismatch():
     assert not ok and "lost track" in why and "0.9900" in why
     strict = LostTrackGate(max_drop=0.02, max_drop_relative=0.0)
     assert not tracker.gate(tracking, 0.965, strict)[0]
+
+
+def test_view_window_counts_only_new_angles_and_forgets_old_ones():
+    window = ViewWindow(max_views=3, min_separation_deg=15.0, max_age_s=10.0)
+    img = torch.zeros(4, 4, dtype=torch.float64)
+
+    def view(lao_deg, stamp, zncc=0.99):
+        return WindowView(img, None, _joints(lao_deg), stamp, zncc)
+
+    window.add(view(0.0, 1.0))
+    window.add(view(5.0, 2.0))  # within 15 deg: replaces the first (the newer frame wins)
+    assert [v.stamp for v in window.views] == [2.0]
+    assert window.others(_joints(8.0), 3.0) == []  # the same angle adds no depth
+    assert [v.stamp for v in window.others(_joints(30.0), 3.0)] == [2.0]
+    window.add(view(30.0, 3.0))
+    window.add(view(60.0, 4.0))
+    window.add(view(-40.0, 5.0))  # full: the oldest goes
+    assert [v.stamp for v in window.views] == [3.0, 4.0, 5.0]
+    assert len(window.others(_joints(100.0), 6.0)) == 2  # max_views - 1 besides the new frame
+    assert [v.stamp for v in window.others(_joints(100.0), 14.5)] == [5.0]  # older than 10 s: dropped
+    views = window.as_views(window.views, _joints(100.0))
+    torch.testing.assert_close(views[0].cam_from_ref, camera_motion(_joints(100.0), _joints(-40.0)))
+    ap = ViewWindow(views=[WindowView(img, None, CArmJoints(0.0, 0.0), 0.0, 1.0)])
+    assert ap.spread_deg(CArmJoints(math.radians(40), 0.0)) == pytest.approx(40.0, abs=1e-9)
+    assert ap.spread_deg(CArmJoints(0.0, 0.0, detector_rotation_rad=1.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_views_that_disagree_with_the_new_frame():
+    img = torch.zeros(4, 4, dtype=torch.float64)
+    kept = [WindowView(img, None, _joints(30.0), 1.0, 0.990), WindowView(img, None, _joints(60.0), 2.0, 0.995)]
+    assert disagreeing_views(kept, [0.991, 0.989, 0.994], 0.002) == []
+    assert disagreeing_views(kept, [0.991, 0.980, 0.994], 0.002) == [0]  # an old view no longer fits
+    assert disagreeing_views(kept, [0.970, 0.990, 0.995], 0.002) == [0, 1]  # the new frame does not fit them
+    assert disagreeing_views(kept, [0.975, 0.990, 0.995], 0.002, max_drop_relative=2.0) == []  # tolerance 0.01-0.02
+
+
+def test_known_pose_gate_per_axis():
+    gate = KnownPoseGate(max_target_sigma_mm=1.0, min_separation_deg=20.0)
+    assert gate.check(torch.tensor([0.2, 0.3, 0.8]), 2) == (True, "")
+    ok, why = gate.check(torch.tensor([0.2, 0.3, 2.3]), 1)
+    assert not ok and why.startswith("depth unresolved") and "2.30 mm" in why and "20 deg" in why
+    ok, why = gate.check(torch.tensor([1.4, 0.3, 0.5]), 3)
+    assert not ok and "x 1.40" in why
+    assert gate.check(None, 2)[0] and not gate.check(None, 1)[0]
