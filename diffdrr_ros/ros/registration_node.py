@@ -424,7 +424,7 @@ class RegistrationGlue:
         self._last_stamp = frame.stamp
         result = self._register(frame, start.init_pose, config, kept)
         moved = disagreeing_views(kept, result.view_zncc, self._p("multiview.max_view_zncc_drop"),
-                                  self._p("registration.max_similarity_drop_relative"))
+                                  self._p("multiview.max_view_zncc_drop_relative"))
         if moved:  # an old view no longer fits: the patient moved since it was taken
             drops = ", ".join(f"{kept[i].zncc:.4f} -> {result.view_zncc[i + 1]:.4f}" for i in moved)
             self._warn(f"angle history reset: {len(moved)} of {len(kept)} earlier view(s) disagree with this frame "
