@@ -94,11 +94,9 @@ PARAMS: list[Param] = [
           "every kept view; a nearer one replaces it", False, (0.0, 180.0)),
     Param("multiview.max_age_s", 60.0, "views older than this are dropped (the patient is assumed still on the "
           "table in between; table motion comes from the joints)", False, (0.0, 86400.0)),
-    Param("multiview.max_view_zncc_drop", 0.002, "views disagree (the patient moved; the window is reset) when "
-          "one's ZNCC in the joint registration falls more than this, or multiview.max_view_zncc_drop_relative "
-          "times its own mismatch (1 - ZNCC), below what it had alone", False, (0.0, 2.0)),
-    Param("multiview.max_view_zncc_drop_relative", 0.25, "see multiview.max_view_zncc_drop (a consistent joint "
-          "registration lowered a view's ZNCC by < 0.0005 on frames at ZNCC 0.989)", False, (0.0, 100.0)),
+    Param("multiview.max_view_shift_mm", 1.0, "views disagree (the patient moved; the window is reset) when the "
+          "joint pose moves the CT's targets by more than this in an earlier view's image plane (where that view "
+          "knows the pose well) from where it registered them", False, (0.0, 1000.0)),
     Param("registration.min_similarity", 0.9, "quality gate: final ZNCC below this is not published", False,
           (-1.0, 1.0)),
     # Joint states

@@ -423,13 +423,13 @@ class RegistrationGlue:
         config = self._config(tracking=True) if start.mode == "tracking" else self._config(wide=True)
         self._last_stamp = frame.stamp
         result = self._register(frame, start.init_pose, config, kept)
-        moved = disagreeing_views(kept, result.view_zncc, self._p("multiview.max_view_zncc_drop"),
-                                  self._p("multiview.max_view_zncc_drop_relative"))
+        moved = disagreeing_views(kept, result.pose, frame.joints, self.registrar.targets,
+                                  self._p("multiview.max_view_shift_mm"))
         if moved:  # an old view no longer fits: the patient moved since it was taken
-            drops = ", ".join(f"{kept[i].zncc:.4f} -> {result.view_zncc[i + 1]:.4f}" for i in moved)
+            shifts = ", ".join(f"{shift:.1f} mm" for _, shift in moved)
             self._warn(f"angle history reset: {len(moved)} of {len(kept)} earlier view(s) disagree with this frame "
-                       f"(their ZNCC then -> jointly: {drops}; this frame {result.view_zncc[0]:.4f}; the patient "
-                       f"moved?); registering this frame alone")
+                       f"(the joint pose moves the targets in their image planes by {shifts}; the patient moved?); "
+                       f"registering this frame alone")
             with self._lock:
                 self.window.clear()
                 self.stats.window_resets += 1
@@ -442,6 +442,7 @@ class RegistrationGlue:
         info = {
             "mode": start.mode, "similarity": f"{result.similarity:.5f}", "zncc": f"{result.zncc:.5f}",
             "views": str(len(kept) + 1), "view_spread_deg": f"{self._spread_deg(frame, kept):.1f}",
+            "view_zncc": " ".join(f"{z:.4f}" for z in result.view_zncc),
             "iterations": str(result.iterations), "latency_ms": f"{latency * 1000:.1f}",
             "registration_ms": f"{result.wall_time_s * 1000:.1f}", "stop_reason": result.stop_reason,
             "joint_age_ms": f"{frame.joint_age_s * 1000:.1f}", "device": str(self.registrar.device),
@@ -455,7 +456,7 @@ class RegistrationGlue:
             return
         with self._lock:  # a registered frame: later frames from other angles register jointly with it
             self.window.add(WindowView(frame.fixed, None if frame.mask is None else torch.from_numpy(frame.mask),
-                                       frame.joints, frame.stamp, result.view_zncc[0]))
+                                       frame.joints, frame.stamp, result.view_zncc[0], result.pose))
             self.tracker.accept(result.pose, frame.joints, result.view_zncc[0])
         cov = self._covariance(frame, result, kept, info)
         known, why = KnownPoseGate(self._p("gate.max_target_sigma_mm"), self._p("multiview.min_separation_deg")).check(

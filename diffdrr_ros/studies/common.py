@@ -23,7 +23,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +32,8 @@ import torch
 from torch import Tensor
 
 from ..core.geometry import Detector
-from ..core.registration import Registrar, RegistrationConfig, RegistrationResult, perturb_pose
+from ..core.metrics import CameraAxisError, inplane_depth_error
+from ..core.registration import Registrar, RegistrationConfig, RegistrationResult, View, perturb_pose
 from ..core.volume import PHANTOMS, Volume, ct_source, open_ct
 
 SUCCESS_MTRE_MM = 2.0
@@ -90,13 +91,18 @@ def random_starts(
     return perturb_pose(truth.expand(n, 4, 4).cpu(), reg.center, math.radians(max_deg), max_mm, g)
 
 
-def result_row(i: int, res: RegistrationResult, start_mtre: float) -> dict:
-    """One registration as a flat record (CSV/JSON)."""
+def result_row(i: int, res: RegistrationResult, start_mtre: float, errors: CameraAxisError | None = None) -> dict:
+    """One registration as a flat record (CSV/JSON); ``errors``: its target error in camera axes."""
     deg = [math.degrees(a) for a in res.angles_rad.tolist()]
+    split = {} if errors is None else {"inplane_mm": round(float(errors.inplane_mm), 4),
+                                       "depth_mm": round(float(errors.depth_mm), 4),
+                                       "depth_bias_mm": round(float(errors.depth_bias_mm), 4)}
     return {
         "start": i,
         "start_mtre_mm": round(start_mtre, 4),
         "mtre_mm": round(float(res.mtre_mm), 4) if res.mtre_mm is not None else None,
+        **split,
+        "views": len(res.view_zncc) or 1,
         "success": bool(res.success),
         "seed_success": bool(res.zncc > SEED_ZNCC),
         "zncc": round(res.zncc, 6),
@@ -133,6 +139,8 @@ def summarize(rows: list[dict]) -> dict:
         "mtre_median_mm": float(np.median(m)),
         "mtre_success_median_mm": float(np.median(m[ok])) if ok.any() else None,
         "mtre_p90_mm": float(np.percentile(m, 90)),
+        **({"inplane_median_mm": float(np.median([r["inplane_mm"] for r in rows])),
+            "depth_median_mm": float(np.median([r["depth_mm"] for r in rows]))} if "depth_mm" in rows[0] else {}),
     }
 
 
@@ -146,10 +154,12 @@ def run_registrations(
     desc: str = "registering",
     curves: list[list[float]] | None = None,
     mask: np.ndarray | None = None,
+    views: Sequence[View] = (),
 ) -> list[dict]:
-    """Register ``fixed`` from every start; optional per-run curves of the mTRE per iteration.
+    """Register ``fixed`` (and ``views``) from every start; optional per-run curves of the loss per iteration.
 
-    ``mask``: pixels that carry signal (a collimated X-ray frame), as for :meth:`Registrar.register`.
+    ``mask``, ``views``: as for :meth:`Registrar.register` (pixels that carry signal; more
+    views of the same patient). Rows carry the error in plane and along the beam separately.
     """
     rows = []
     bar = progress_bar(range(starts.shape[0]), progress, desc)
@@ -159,8 +169,9 @@ def run_registrations(
         if curves is not None:
             def cb(it: int, poses: Tensor, losses: Tensor, _c: list[float] = curve) -> None:
                 _c.append(float(losses.min()))
-        res = reg.register(fixed, starts[i], truth=truth, callback=cb, mask=mask)
-        rows.append(result_row(i, res, float(reg.mtre(starts[i], truth))))
+        res = reg.register(fixed, starts[i], truth=truth, callback=cb, mask=mask, views=views)
+        rows.append(result_row(i, res, float(reg.mtre(starts[i], truth)),
+                               inplane_depth_error(res.pose, truth.to(res.pose), reg.targets)))
         if curves is not None:
             curves.append(res.history)
         if hasattr(bar, "set_postfix"):

@@ -43,7 +43,7 @@ from .optimizers import DEFAULT_STEP_SIZES, make_optimizer
 from .parameterization import initial_params, params_to_pose
 from .result import RegistrationResult
 from .search import center_translations, sobol_candidates
-from .views import View, ViewStack
+from .views import View, ViewStack, mean_similarity
 
 
 def coarsen_to_footprint(vol: Volume, footprint_mm: float) -> Volume:
@@ -170,7 +170,7 @@ class Registrar:
     def _optimise_level(
         self,
         lvl: _Level,
-        frames: ViewStack,
+        frames: list[ViewStack],
         pose: Tensor,
         history: list[float],
         callback: Callable[[int, Tensor, Tensor], None] | None,
@@ -199,8 +199,7 @@ class Registrar:
         for it in range(1, limit + 1):
             opt.zero_grad(set_to_none=True)
             current = params_to_pose(cfg.parameterization, rot, trans, base, self.center)
-            drr = render(lvl.volume, frames.poses(current), lvl.detector, settings)  # all views, one batch
-            loss = -frames.similarity(sim, drr, current.shape[0])
+            loss = -mean_similarity(frames, sim, self._group_renderer(lvl, settings), current)  # one render per C-arm
             if not torch.isfinite(loss).all():
                 reason = "diverged (non-finite loss)"
                 break
@@ -221,7 +220,13 @@ class Registrar:
                 sched.step(float(loss.detach().sum()))
         return best_pose, best_loss, it, reason
 
-    def _search(self, lvl: _Level, frames: ViewStack, pose: Tensor, history: list[float] | None = None) -> Tensor:
+    def _group_renderer(self, lvl: _Level, settings: RenderSettings) -> Callable[[ViewStack, Tensor], Tensor]:
+        def render_group(group: ViewStack, poses: Tensor) -> Tensor:
+            return render(lvl.volume, poses, lvl.detector if group.detector is None else group.detector, settings)
+
+        return render_group
+
+    def _search(self, lvl: _Level, frames: list[ViewStack], pose: Tensor, history: list[float] | None = None) -> Tensor:
         """Widen the capture range: score many candidates, descend the best, return ``init_keep``.
 
         Returns ``(init_keep, 4, 4)`` poses, best (lowest loss at ``lvl``) first.
@@ -234,15 +239,16 @@ class Registrar:
         def drrs(c: Tensor) -> Tensor:
             return render(lvl.volume, c, lvl.detector, self.settings(lvl.factor))
 
+        ref = frames[0]
         if cfg.init_center:  # on the reference view (candidates are its poses)
-            ref_mask = None if frames.mask is None else frames.mask[0]
-            cand = torch.cat([center_translations(drrs, lvl.detector, frames.fixed[0], ref_mask, cand[s : s + chunk],
+            ref_mask = None if ref.mask is None else ref.mask[0]
+            cand = torch.cat([center_translations(drrs, lvl.detector, ref.fixed[0], ref_mask, cand[s : s + chunk],
                                                   self.center) for s in range(0, cand.shape[0], chunk)])
         scores = []
+        render_group = self._group_renderer(lvl, self.settings(lvl.factor))
         with torch.no_grad():
             for s in range(0, cand.shape[0], chunk):
-                c = cand[s : s + chunk]
-                scores.append(frames.similarity(sim, drrs(frames.poses(c)), c.shape[0]))
+                scores.append(mean_similarity(frames, sim, render_group, cand[s : s + chunk]))
         order = torch.cat(scores).argsort(descending=True)
         best = cand[order[: min(cfg.init_refine, cand.shape[0])]]
         if cfg.init_refine_iterations > 0:
@@ -263,35 +269,60 @@ class Registrar:
             d["mtre_best_mm"] = round(float(self.mtre(pose[0].cpu(), truth.cpu())), 3)
         return d
 
-    def _full_frames(self, fixed: np.ndarray | Tensor, mask, views: Sequence[View]) -> ViewStack:
-        """Check and stack the reference frame and the extra views at full resolution."""
-        images, masks, rel = [], [], []
-        for k, (f, m, t) in enumerate([(fixed, mask, None)] + [(v.fixed, v.mask, v.cam_from_ref) for v in views]):
-            what = "image" if k == 0 else f"view {k} image"
-            f_t = prepare_fixed(f)
-            if tuple(f_t.shape) != self.detector.shape:
-                raise FixedImageError(f"{what} is {tuple(f_t.shape)}, detector expects {self.detector.shape}")
-            images.append(f_t.to(self.device, torch.float64))
-            m_t = None
-            if m is not None:
-                m_t = torch.as_tensor(np.asarray(m)).to(self.device, torch.bool)
-                if tuple(m_t.shape) != self.detector.shape:
-                    raise FixedImageError(f"{what.replace('image', 'mask')} is {tuple(m_t.shape)}, detector expects "
-                                          f"{self.detector.shape}")
-            masks.append(m_t)
-            rel.append(torch.eye(4, dtype=torch.float64) if t is None else torch.as_tensor(t, dtype=torch.float64))
-        mask_t = None
-        if any(m is not None for m in masks):
-            mask_t = torch.stack([torch.ones(self.detector.shape, dtype=torch.bool, device=self.device)
-                                  if m is None else m for m in masks])
-        cam_from_ref = torch.stack(rel).to(self.device) if len(images) > 1 else None
-        return ViewStack(torch.stack(images), mask_t, cam_from_ref)
+    def _full_frames(self, fixed: np.ndarray | Tensor, mask, views: Sequence[View]) -> list[ViewStack]:
+        """Check the reference frame and the extra views at full resolution; one stack per detector geometry.
+
+        The first stack holds the reference frame and every view on the same detector (one
+        C-arm: one batched render); a biplane's other panel makes a second stack.
+        """
+        items = [(fixed, mask, None, None)] + [(v.fixed, v.mask, v.cam_from_ref, v.detector) for v in views]
+        groups: list[tuple[Detector | None, list[int]]] = []
+        for k, (_, _, _, det) in enumerate(items):
+            key = None if det is None or det == self.detector else det
+            for g_det, members in groups:
+                if g_det == key:
+                    members.append(k)
+                    break
+            else:
+                groups.append((key, [k]))
+        stacks = []
+        for g_det, members in groups:
+            det = self.detector if g_det is None else g_det
+            images, masks, rel = [], [], []
+            for k in members:
+                f, m, t, _ = items[k]
+                what = "image" if k == 0 else f"view {k} image"
+                f_t = prepare_fixed(f)
+                if tuple(f_t.shape) != det.shape:
+                    raise FixedImageError(f"{what} is {tuple(f_t.shape)}, detector expects {det.shape}")
+                images.append(f_t.to(self.device, torch.float64))
+                m_t = None
+                if m is not None:
+                    m_t = torch.as_tensor(np.asarray(m)).to(self.device, torch.bool)
+                    if tuple(m_t.shape) != det.shape:
+                        raise FixedImageError(f"{what.replace('image', 'mask')} is {tuple(m_t.shape)}, detector "
+                                              f"expects {det.shape}")
+                masks.append(m_t)
+                rel.append(torch.eye(4, dtype=torch.float64) if t is None else torch.as_tensor(t, dtype=torch.float64))
+            mask_t = None
+            if any(m is not None for m in masks):
+                mask_t = torch.stack([torch.ones(det.shape, dtype=torch.bool, device=self.device)
+                                      if m is None else m for m in masks])
+            single = len(items) == 1
+            stacks.append(ViewStack(torch.stack(images), mask_t, None if single else torch.stack(rel).to(self.device),
+                                    g_det, tuple(members)))
+        return stacks
 
     @staticmethod
-    def _frames_at(full: ViewStack, lvl: _Level) -> ViewStack:
-        f = downsample_image(full.fixed, lvl.detector)
-        m = None if full.mask is None else downsample_image(full.mask.double(), lvl.detector) > 0.99
-        return ViewStack(f, m, full.cam_from_ref)
+    def _frames_at(full: list[ViewStack], lvl: _Level) -> list[ViewStack]:
+        out = []
+        for g in full:
+            det = None if g.detector is None else (g.detector.scaled(lvl.factor) if lvl.factor > 1 else g.detector)
+            shape_det = lvl.detector if det is None else det
+            f = downsample_image(g.fixed, shape_det)
+            m = None if g.mask is None else downsample_image(g.mask.double(), shape_det) > 0.99
+            out.append(ViewStack(f, m, g.cam_from_ref, det, g.indices))
+        return out
 
     def register(
         self,
@@ -319,6 +350,7 @@ class Registrar:
         cfg = self.config
         self.use_pyramid(cfg.pyramid)  # the config may have been swapped since the last call
         full = self._full_frames(fixed, mask, views)
+        n_views = sum(g.count for g in full)
 
         pose = init_pose.to(self.device, torch.float64).reshape(1, 4, 4)
         history: list[float] = []
@@ -328,8 +360,8 @@ class Registrar:
             ts = time.perf_counter()
             pose = self._search(slvl, self._frames_at(full, slvl), pose[0], history)
             px = slvl.detector.height * slvl.detector.width
-            renders = cfg.init_candidates * (2 + full.count if cfg.init_center else full.count)
-            renders += min(cfg.init_refine, cfg.init_candidates) * len(history) * full.count
+            renders = cfg.init_candidates * (2 + n_views if cfg.init_center else n_views)
+            renders += min(cfg.init_refine, cfg.init_candidates) * len(history) * n_views
             stages.append(self._stage("search", slvl, cfg.init_candidates, len(history), "done", ts, pose, truth,
                                       renders * px))
         iterations, reason, losses = len(history), "no levels", torch.zeros(1)
@@ -348,23 +380,26 @@ class Registrar:
             iterations += its
             px = lvl.detector.height * lvl.detector.width
             stages.append(self._stage(f"level x{lvl.factor}", lvl, pose.shape[0], its, reason, ts, pose, truth,
-                                      pose.shape[0] * its * px * full.count))
+                                      pose.shape[0] * its * px * n_views))
             if reason.startswith("diverged"):
                 break
         final = pose[losses.argmin()]
         last = self.levels[-1]
+        fine = last.detector.shape == self.detector.shape
+        sim = similarity_fn(cfg)
+        view_zncc, sims = [0.0] * n_views, [0.0] * n_views
         with torch.no_grad():
-            drr = render(last.volume, full.poses(final[None]), last.detector, self.settings(last.factor))  # K h w
-            fine = last.detector.shape == self.detector.shape
-            ref = full.fixed if fine else downsample_image(full.fixed, last.detector)
-            m = full.mask if (full.mask is not None and fine) else None
-            if full.count == 1:  # exactly the single-view numbers
-                view_zncc = [float(zncc(drr, ref[0], None if m is None else m[0])[0])]
-                final_sim = float(similarity_fn(cfg)(drr, ref[0], None if m is None else m[0])[0])
-            else:
-                view_zncc = [float(v) for v in zncc(drr, ref, m)]
-                final_sim = float(similarity_fn(cfg)(drr, ref, m).mean())
-            final_zncc = min(view_zncc)
+            for g in full if fine else self._frames_at(full, last):
+                det = last.detector if g.detector is None else g.detector
+                drr = render(last.volume, g.poses(final[None]), det, self.settings(last.factor))  # K_g h w
+                if n_views == 1:  # exactly the single-view numbers
+                    m = None if g.mask is None else g.mask[0]
+                    view_zncc[0] = float(zncc(drr, g.fixed[0], m)[0])
+                    sims[0] = float(sim(drr, g.fixed[0], m)[0])
+                    continue
+                for k, z, v in zip(g.indices, zncc(drr, g.fixed, g.mask), sim(drr, g.fixed, g.mask), strict=True):
+                    view_zncc[k], sims[k] = float(z), float(v)
+        final_zncc, final_sim = min(view_zncc), sum(sims) / n_views
         converged = reason == "converged"
         if not math.isfinite(final_zncc):
             accepted, verdict = False, "non-finite similarity"
@@ -373,8 +408,8 @@ class Registrar:
         elif final_zncc < cfg.min_similarity:
             accepted, verdict = False, f"similarity {final_zncc:.4f} below gate {cfg.min_similarity:.4f}"
         else:
-            accepted, verdict = True, f"ok (ZNCC {final_zncc:.4f})" if full.count == 1 else (
-                f"ok ({full.count} views, lowest ZNCC {final_zncc:.4f})")
+            accepted, verdict = True, f"ok (ZNCC {final_zncc:.4f})" if n_views == 1 else (
+                f"ok ({n_views} views, lowest ZNCC {final_zncc:.4f})")
         angles, trans = matrix_to_carm(final.cpu(), self.center)
         result = RegistrationResult(
             pose=final.detach().cpu(),

@@ -17,6 +17,7 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -105,6 +106,7 @@ class WindowView:
     joints: CArmJoints
     stamp: float  # s
     zncc: float  # its ZNCC when it was registered
+    pose: Tensor | None = None  # T_cam_ct registered at its joints (its in-plane part is what it knows well)
 
 
 @dataclass
@@ -185,26 +187,29 @@ class KnownPoseGate:
 
 
 def disagreeing_views(
-    kept: list[WindowView], view_zncc: list[float], max_drop: float, max_drop_relative: float = 0.0
-) -> list[int]:
-    """Indices (into ``kept``) of old views that do not fit one pose with the new frame (the patient moved?).
+    kept: list[WindowView], pose: Float[Tensor, "4 4"], joints: CArmJoints, targets_ct: Float[Tensor, "P 3"],
+    max_shift_mm: float,
+) -> list[tuple[int, float]]:
+    """Old views that the joint pose contradicts: ``(index into kept, shift in mm)``; the patient moved?
 
-    ``view_zncc`` is the joint result's per-view ZNCC, the new frame first. A view's tolerance is
-    ``max(max_drop, max_drop_relative * (1 - its ZNCC))`` (as the lost-track gate's: real frames
-    sit further below 1). An old view whose ZNCC fell by more than that from when it was
-    registered no longer matches the pose the others agree on; and when the new frame itself
-    ends that far below every old view's own ZNCC, the pose that fits the old views does not
-    fit it: all old views disagree with it.
+    Each kept view knows its pose well in its own image plane (depth less so). The joint pose
+    ``pose`` (``T_cam_ct`` at ``joints``), carried to an old view's C-arm and table
+    (:func:`.camera_motion`), should put the CT's targets where that view saw them; a mean
+    in-plane shift (in that view's camera) above ``max_shift_mm`` says they do not fit one
+    still patient. Views without a pose are not checked.
     """
-    if not kept:
-        return []
-    tol = [max(max_drop, max_drop_relative * (1.0 - v.zncc)) for v in kept]
-    old = [i for i, (v, z, t) in enumerate(zip(kept, view_zncc[1:], tol, strict=True)) if z < v.zncc - t]
-    if old:
-        return old
-    if view_zncc[0] < min(v.zncc - t for v, t in zip(kept, tol, strict=True)):
-        return list(range(len(kept)))
-    return []
+    from ..geometry.kinematics import camera_motion
+    from ..metrics.pose_error import inplane_depth_error
+
+    out = []
+    for i, v in enumerate(kept):
+        if v.pose is None:
+            continue
+        seen = camera_motion(joints, v.joints) @ pose.to(torch.float64)
+        shift = float(inplane_depth_error(seen, v.pose.to(torch.float64), targets_ct).inplane_mm)
+        if shift > max_shift_mm:
+            out.append((i, shift))
+    return out
 
 
 __all__ = [

@@ -37,6 +37,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..drr import render
+from ..geometry.detector import Detector
 from ..geometry.rotations import axis_angle_to_matrix, make_transform, skew
 from .fixed_image import prepare_fixed
 from .registrar import Registrar
@@ -173,6 +175,7 @@ def pose_covariance(
     if compare not in ("line_integral", "intensity"):
         raise ValueError(f"compare must be line_integral or intensity, got {compare!r}")
     frames = [(fixed, mask, None)] + [(v.fixed, v.mask, v.cam_from_ref) for v in views]
+    detectors = [None] + [v.detector for v in views]
     normalised, masks, rel = [], [], []
     for f_raw, m_raw, t in frames:
         f = prepare_fixed(f_raw).to(registrar.device, torch.float64)
@@ -192,7 +195,7 @@ def pose_covariance(
     steps = steps.to(torch.float64).cpu().clamp(MIN_STEPS, MAX_STEPS)
     for _ in range(passes):  # the second pass with steps at the scale of the first answer's sigmas
         cov, stat, s2 = _gauss_newton(registrar, pose, center_cam, normalised, masks, rel, steps, compare, correlated,
-                                      scale_uncertainty)
+                                      scale_uncertainty, detectors)
         steps = stat.diagonal().sqrt().clamp(MIN_STEPS, MAX_STEPS)
     return PoseCovariance(cov.cpu(), pose, center, residual_std=s2**0.5, pixels=int(sum(int(m.sum()) for m in masks)),
                           views=len(frames), statistical=stat.cpu())
@@ -248,6 +251,7 @@ def correlated_gram(jac: Float[Tensor, "n 6"], mask: Float[Tensor, "H W"], rho: 
 def _gauss_newton(
     registrar: Registrar, pose: Tensor, center_cam: Tensor, f_n: list[Tensor], masks: list[Tensor],
     rel: list[Tensor | None], steps: Tensor, compare: str, correlated: bool = True, scale_uncertainty: float = 0.0,
+    detectors: list[Detector | None] | None = None,
 ) -> tuple[Tensor, Tensor, float]:
     """The views' covariances combined, ``(sum_k C_k^-1)^-1``, with and without the scale term; the reference ``s^2``.
 
@@ -265,14 +269,23 @@ def _gauss_newton(
         delta[1 + 2 * i, i] = steps[i]
         delta[2 + 2 * i, i] = -steps[i]
     perturbed = _perturbed(pose, center_cam, delta)  # 13 poses of the reference view
-    poses = torch.cat([perturbed if t is None else t @ perturbed for t in rel])  # K * 13, view-major
-    drrs = registrar.render(poses).to(torch.float64)  # full resolution, one batch
+    detectors = detectors or [None] * len(rel)
+    same = [k for k, d in enumerate(detectors) if d is None or d == registrar.detector]
+    drrs: dict[int, Tensor] = {}
+    poses = torch.cat([perturbed if rel[k] is None else rel[k] @ perturbed for k in same])  # one batch per panel
+    for k, d in zip(same, registrar.render(poses).to(torch.float64).split(13), strict=True):
+        drrs[k] = d
+    last = registrar.levels[-1]
+    for k in (k for k in range(len(rel)) if k not in same):  # a biplane's other panel, its own intrinsics
+        with torch.no_grad():
+            drrs[k] = render(last.volume, (rel[k] @ perturbed).to(registrar.device), detectors[k],
+                             registrar.settings(1)).to(torch.float64)
     sid = float(registrar.detector.sid)
     info = torch.zeros(6, 6, dtype=torch.float64)
     stat_info = torch.zeros_like(info)
     s2_ref = 0.0
     for k, (f, m) in enumerate(zip(f_n, masks, strict=True)):
-        d_k = drrs[13 * k : 13 * (k + 1)]
+        d_k = drrs[k]
         d = _normalise(torch.exp(-d_k) if compare == "intensity" else d_k, m)  # 13 n
         jac = torch.stack([(d[1 + 2 * i] - d[2 + 2 * i]) / (2 * steps[i]) for i in range(6)], -1)  # n 6
         n = f.shape[-1]
@@ -294,7 +307,8 @@ def _gauss_newton(
             depth = float(k_from_ref[2, :3] @ center_cam + k_from_ref[2, 3])  # CT centre, this view's z
             u = torch.zeros(6, dtype=torch.float64)
             u[:3] = k_from_ref[2, :3]  # this view's beam in the reference camera's axes
-            cov_k = cov_k + (scale_uncertainty * (sid + depth)) ** 2 * torch.outer(u, u)
+            sid_k = sid if detectors[k] is None else float(detectors[k].sid)
+            cov_k = cov_k + (scale_uncertainty * (sid_k + depth)) ** 2 * torch.outer(u, u)
         info = info + torch.linalg.pinv(cov_k, hermitian=True)
         s2_ref = s2 if k == 0 else s2_ref
     cov, stat = torch.linalg.pinv(info, hermitian=True), torch.linalg.pinv(stat_info, hermitian=True)

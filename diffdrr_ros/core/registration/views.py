@@ -17,23 +17,26 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from ..geometry.detector import Detector
 from ..geometry.kinematics import CArmJoints, camera_motion
 
 
 @dataclass(frozen=True)
 class View:
-    """One more frame for a joint registration (same detector intrinsics as the reference frame).
+    """One more frame for a joint registration.
 
     Attributes:
         fixed: ``(H, W)`` in DRR-like units (see :func:`.fixed_image.prepare_fixed`).
         cam_from_ref: ``T_camk_cam_ref`` (mm): this view's camera seen from the reference
             view's camera, e.g. :func:`view_from_joints`. The patient is assumed still.
         mask: ``(H, W)`` bool, True where the frame carries signal; None: all pixels.
+        detector: this view's intrinsics (a biplane's second panel); None: the registrar's.
     """
 
     fixed: np.ndarray | Tensor
     cam_from_ref: Float[Tensor, "4 4"]
     mask: Bool[Tensor, "H W"] | np.ndarray | None = None
+    detector: Detector | None = None
 
 
 @dataclass
@@ -47,6 +50,8 @@ class ViewStack:
     fixed: Tensor
     mask: Tensor | None
     cam_from_ref: Tensor | None
+    detector: Detector | None = None  # these views' intrinsics at this level; None: the level's reference detector
+    indices: tuple[int, ...] = (0,)  # where these views stand in the registration's view order
 
     @property
     def count(self) -> int:
@@ -73,9 +78,25 @@ def view_from_joints(
     joints: CArmJoints,
     joints_ref: CArmJoints,
     mask: Bool[Tensor, "H W"] | np.ndarray | None = None,
+    detector: Detector | None = None,
 ) -> View:
     """A view taken at ``joints`` for a registration whose reference frame was taken at ``joints_ref``."""
-    return View(fixed, camera_motion(joints_ref, joints).to(torch.float64), mask)
+    return View(fixed, camera_motion(joints_ref, joints).to(torch.float64), mask, detector)
 
 
-__all__ = ["View", "ViewStack", "view_from_joints"]
+def mean_similarity(
+    groups: list[ViewStack], sim: Callable, render_group: Callable[[ViewStack, Tensor], Tensor], pose: Tensor
+) -> Float[Tensor, " B"]:
+    """The mean over all views of the per-view similarity, one batched render per detector geometry.
+
+    ``render_group(group, poses (B * K_g, 4, 4)) -> (B * K_g, h, w)`` renders a group's views.
+    A single group (one C-arm) is one render and exactly its :meth:`ViewStack.similarity`.
+    """
+    if len(groups) == 1:
+        g = groups[0]
+        return g.similarity(sim, render_group(g, g.poses(pose)), pose.shape[0])
+    total = sum(g.similarity(sim, render_group(g, g.poses(pose)), pose.shape[0]) * g.count for g in groups)
+    return total / sum(g.count for g in groups)
+
+
+__all__ = ["View", "ViewStack", "mean_similarity", "view_from_joints"]

@@ -63,7 +63,7 @@ def test_init_search_returns_better_scored_candidates():
     fixed = torch.nn.functional.interpolate(reg.render(truth[None])[0][None, None], size=level.detector.shape,
                                             mode="area")[0, 0]
     init = reg.pose_from_carm([0.5, -0.3, 0.4], [30.0, -30.0, 25.0])
-    kept = reg._search(level, ViewStack(fixed[None], None, None), init)
+    kept = reg._search(level, [ViewStack(fixed[None], None, None)], init)
     assert kept.shape == (4, 4, 4)
     sims = zncc(reg.render(kept, level=0), fixed)
     assert (sims[:-1] >= sims[1:] - 1e-12).all()  # best first

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from diffdrr_ros.core.geometry import CArmJoints, camera_motion, default_prior, initial_pose, propagate_pose
+from diffdrr_ros.core.metrics import target_points
 from diffdrr_ros.core.registration import (
     KnownPoseGate,
     LostTrackGate,
@@ -96,11 +97,17 @@ def test_view_window_counts_only_new_angles_and_forgets_old_ones():
 
 def test_views_that_disagree_with_the_new_frame():
     img = torch.zeros(4, 4, dtype=torch.float64)
-    kept = [WindowView(img, None, _joints(30.0), 1.0, 0.990), WindowView(img, None, _joints(60.0), 2.0, 0.995)]
-    assert disagreeing_views(kept, [0.991, 0.989, 0.994], 0.002) == []
-    assert disagreeing_views(kept, [0.991, 0.980, 0.994], 0.002) == [0]  # an old view no longer fits
-    assert disagreeing_views(kept, [0.970, 0.990, 0.995], 0.002) == [0, 1]  # the new frame does not fit them
-    assert disagreeing_views(kept, [0.975, 0.990, 0.995], 0.002, max_drop_relative=2.0) == []  # tolerance 0.01-0.02
+    targets = target_points(CENTER, torch.full((3,), 150.0, dtype=torch.float64))
+    a, b = _joints(30.0), _joints(60.0, table_z=20.0)
+    pose_a = initial_pose(a, PRIOR)
+    kept = [WindowView(img, None, a, 1.0, 0.99, pose_a), WindowView(img, None, b, 2.0, 0.99, None)]
+    still = initial_pose(_joints(0.0), PRIOR)  # the same patient, seen at 0 deg
+    assert disagreeing_views(kept, still, _joints(0.0), targets, 1.0) == []
+    deeper = still.clone()
+    deeper[2, 3] += 5.0  # along the new beam: 30 deg off the old view's beam, 2.5 mm in its plane
+    moved = disagreeing_views(kept, deeper, _joints(0.0), targets, 1.0)
+    assert [i for i, _ in moved] == [0] and 2.0 < moved[0][1] < 3.0
+    assert disagreeing_views(kept, deeper, _joints(0.0), targets, 3.0) == []
 
 
 def test_known_pose_gate_per_axis():

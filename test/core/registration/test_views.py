@@ -105,3 +105,25 @@ def test_covariance_says_one_view_leaves_the_depth_unknown_and_two_views_resolve
     assert float(dup[2]) > 1.5  # the same angle again adds no depth direction
     white = pose_covariance(reg, frames[0], single.pose, compare="intensity", correlated=False)
     assert float(white.target_sigma_mm(reg.targets)[2]) < float(one[2]) / 3
+
+
+def test_a_view_on_another_detector_biplane():
+    """A biplane's second panel has its own intrinsics: rendered in its own batch, same pose found."""
+    reg = Registrar(make_phantom("head_tiny"), DET, RegistrationConfig(**FAST), device="cpu")
+    panel_b = Detector(24, 28, spacing_mm=(14.0, 12.0), sdd_mm=1100.0, sid_mm=700.0)
+    a, b = CArmJoints(0.0, 0.1), CArmJoints(math.radians(90), 0.1)
+    truth = reg.pose_from_carm([0.1, 0.0, 0.0], [3.0, -2.0, 4.0])
+    cam_b = camera_motion(a, b)
+    fixed_a = reg.render(truth[None])[0]
+    fixed_b = render(reg.volume, cam_b @ truth, panel_b)
+    init = reg.pose_from_carm([0.15, -0.05, 0.05], [8.0, 2.0, -3.0])
+    res = reg.register(fixed_a, init, truth=truth, views=[View(fixed_b, cam_b, None, panel_b)])
+    assert res.mtre_mm < 0.5 and len(res.view_zncc) == 2 and min(res.view_zncc) > 0.99
+    noisy_a = fixed_a + 0.01 * torch.randn(fixed_a.shape, generator=torch.Generator().manual_seed(1), dtype=D)
+    noisy_b = fixed_b + 0.01 * torch.randn(fixed_b.shape, generator=torch.Generator().manual_seed(2), dtype=D)
+    one = pose_covariance(reg, noisy_a, res.pose, scale_uncertainty=0.003).target_sigma_mm(reg.targets)
+    two = pose_covariance(reg, noisy_a, res.pose, views=[View(noisy_b, cam_b, None, panel_b)],
+                          scale_uncertainty=0.003).target_sigma_mm(reg.targets)
+    assert float(two[2]) < 0.5 * float(one[2])  # the lateral panel sees the AP panel's depth in plane
+    with pytest.raises(ValueError, match="detector expects"):
+        reg.register(fixed_a, init, views=[View(fixed_a, cam_b, None, panel_b)])  # wrong size for panel B
