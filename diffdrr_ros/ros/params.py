@@ -94,11 +94,26 @@ PARAMS: list[Param] = [
           "every kept view; a nearer one replaces it", False, (0.0, 180.0)),
     Param("multiview.max_age_s", 60.0, "views older than this are dropped (the patient is assumed still on the "
           "table in between; table motion comes from the joints)", False, (0.0, 86400.0)),
-    Param("multiview.max_view_shift_mm", 1.0, "views disagree (the patient moved; the window is reset) when the "
+    Param("multiview.max_view_shift_mm", 1.5, "views disagree (the patient moved; the window is reset) when the "
           "joint pose moves the CT's targets by more than this in an earlier view's image plane (where that view "
           "knows the pose well) from where it registered them", False, (0.0, 1000.0)),
     Param("registration.min_similarity", 0.9, "quality gate: final ZNCC below this is not published", False,
           (-1.0, 1.0)),
+    # Biplane: a second image stream, paired with the first by stamp (a fixed second plane)
+    Param("biplane.enabled", False, "subscribe to a second plane's frames (topics.image_b) and register each pair "
+          "jointly", True),
+    Param("biplane.max_pair_dt_s", 0.05, "largest |stamp A - stamp B| of a pair, s; an unpaired frame A is "
+          "registered alone (diagnostic biplane_unpaired)", False, (0.0, 10.0)),
+    Param("biplane.cam_b_from_cam_a", [0.0, 0.0, 0.0, 0.0, 1.5707963267948966, 0.0], "plane B's camera seen from "
+          "plane A's (both at the isocentre): x y z (m) roll pitch yaw (rad); default: B turned 90 deg about A's "
+          "detector rows (a lateral plane to an AP one)", True),
+    Param("detector_b.height", 0, "plane B detector rows (0: the same detector as plane A)", True, (0, 8192)),
+    Param("detector_b.width", 0, "plane B detector columns", True, (0, 8192)),
+    Param("detector_b.pixel_spacing_mm", [3.125, 3.125], "plane B pixel pitch (row, column), mm", True),
+    Param("detector_b.sdd_mm", 1020.0, "plane B source-to-detector distance, mm", True, (1.0, 5000.0)),
+    Param("detector_b.sid_mm", 750.0, "plane B source-to-isocentre distance, mm (0: half the SDD)", True,
+          (0.0, 5000.0)),
+    Param("detector_b.principal_point_mm", [0.0, 0.0], "plane B principal point offset, mm", True),
     # Joint states
     Param("joints.max_age_s", 0.5, "largest |frame stamp - joint stamp| accepted, s", False, (0.0, 60.0)),
     Param("joints.lao", "carm_lao_rao", "JointState name of the LAO(+)/RAO(-) angle (rad)", True),
@@ -120,6 +135,7 @@ PARAMS: list[Param] = [
           "roll pitch yaw (rad)", True),
     Param("topics.image", "fluoro/image", "incoming fluoroscopy frames (sensor_msgs/Image)", True),
     Param("topics.camera_info", "fluoro/camera_info", "detector intrinsics (sensor_msgs/CameraInfo)", True),
+    Param("topics.image_b", "fluoro_b/image", "plane B frames (sensor_msgs/Image), with biplane.enabled", True),
     Param("topics.joint_states", "carm/joint_states", "C-arm and table joints (sensor_msgs/JointState)", True),
     Param("qos.image_reliability", "best_effort", "image subscription reliability: best_effort or reliable", True),
     # Outputs

@@ -53,6 +53,7 @@ from ..core.registration import (
     RegistrationConfig,
     RegistrationResult,
     Tracker,
+    View,
     ViewWindow,
     WindowView,
     disagreeing_views,
@@ -112,6 +113,7 @@ class NodeStats:
     frames_rejected: int = 0
     frames_held_back: int = 0  # registered, on ~/ct_pose, but not known well enough for /tf
     window_resets: int = 0  # the angle history disagreed with a new frame (patient motion)
+    notes: dict[str, int] = field(default_factory=dict)  # e.g. biplane_unpaired, biplane_rejected
     frames_dropped: int = 0
     level: int = DiagnosticStatus.OK
     message: str = "waiting for frames"
@@ -155,6 +157,7 @@ class RegistrationGlue:
         self._joint_buffer: deque[tuple[float, CArmJoints]] = deque(maxlen=200)
         self.tracker = Tracker()  # start pose, mode and lost-track gate (core.registration.tracking)
         self.window = ViewWindow()  # recent registered frames from other angles (worker thread; reset under the lock)
+        self._frames_b: deque[Image] = deque(maxlen=10)  # plane B frames waiting for their plane A partner
         self._last_stamp = -float("inf")
         self._camera_info: CameraInfo | None = None
         self._covariance_steps: torch.Tensor | None = None  # scale of the last covariance (see uncertainty)
@@ -176,6 +179,13 @@ class RegistrationGlue:
             if not self.frames[key]:
                 raise StartupError(f"frames.{key} must not be empty (tf2 rejects empty frame ids)")
         self.detector = self._detector_from_params()
+        self.detector_b = None  # plane B's own intrinsics (None: plane A's)
+        if self._p("biplane.enabled") and self._p("detector_b.height") > 0:
+            self.detector_b = self._detector_from_params("detector_b")
+        values = [float(v) for v in self._p("biplane.cam_b_from_cam_a")]
+        if len(values) != 6:
+            raise StartupError("biplane.cam_b_from_cam_a needs 6 values: x y z (m) roll pitch yaw (rad)")
+        self.cam_b_from_cam_a = xyz_rpy_to_matrix(values[:3], values[3:])
         volume = load_ct(self._p("ct_path"), self._p("ct_spacing_mm"), self._p("ct_downsample"))
         try:
             self.registrar = Registrar(volume, self.detector, self._config(), device=self._p("device"))
@@ -217,6 +227,9 @@ class RegistrationGlue:
             self.create_subscription(Image, self._p("topics.image"), self._on_image, image_qos),
             self.create_subscription(JointState, self._p("topics.joint_states"), self._on_joints, 50),
         ]
+        if self._p("biplane.enabled"):
+            self._subscriptions_held.append(
+                self.create_subscription(Image, self._p("topics.image_b"), self._on_image_b, image_qos))
         if self._p("use_camera_info"):
             self._subscriptions_held.append(
                 self.create_subscription(CameraInfo, self._p("topics.camera_info"), self._on_camera_info, 5))
@@ -263,16 +276,16 @@ class RegistrationGlue:
     def _p(self, name: str):
         return self.get_parameter(name).value
 
-    def _detector_from_params(self) -> Detector:
-        sid = self._p("detector.sid_mm")
+    def _detector_from_params(self, prefix: str = "detector") -> Detector:
+        sid = self._p(f"{prefix}.sid_mm")
         try:
             return Detector(
-                self._p("detector.height"), self._p("detector.width"),
-                spacing_mm=tuple(self._p("detector.pixel_spacing_mm")), sdd_mm=self._p("detector.sdd_mm"),
-                sid_mm=sid if sid > 0 else None, principal_point_mm=tuple(self._p("detector.principal_point_mm")),
+                self._p(f"{prefix}.height"), self._p(f"{prefix}.width"),
+                spacing_mm=tuple(self._p(f"{prefix}.pixel_spacing_mm")), sdd_mm=self._p(f"{prefix}.sdd_mm"),
+                sid_mm=sid if sid > 0 else None, principal_point_mm=tuple(self._p(f"{prefix}.principal_point_mm")),
             )
         except ValueError as exc:
-            raise StartupError(f"bad detector parameters: {exc}") from exc
+            raise StartupError(f"bad {prefix} parameters: {exc}") from exc
 
     def _config(self, overrides: dict | None = None, tracking: bool = False, wide: bool = False) -> RegistrationConfig:
         def get(n):
@@ -320,6 +333,10 @@ class RegistrationGlue:
     def _on_camera_info(self, msg: CameraInfo) -> None:
         with self._lock:
             self._camera_info = msg
+
+    def _on_image_b(self, msg: Image) -> None:
+        with self._lock:
+            self._frames_b.append(msg)
 
     def _on_image(self, msg: Image) -> None:
         with self._lock:
@@ -422,7 +439,8 @@ class RegistrationGlue:
             kept = self._window_views(frame)
         config = self._config(tracking=True) if start.mode == "tracking" else self._config(wide=True)
         self._last_stamp = frame.stamp
-        result = self._register(frame, start.init_pose, config, kept)
+        planes = self._plane_b(frame)  # the biplane partner as a view, or nothing
+        result = self._register(frame, start.init_pose, config, kept, planes)
         moved = disagreeing_views(kept, result.pose, frame.joints, self.registrar.targets,
                                   self._p("multiview.max_view_shift_mm"))
         if moved:  # an old view no longer fits: the patient moved since it was taken
@@ -434,14 +452,15 @@ class RegistrationGlue:
                 self.window.clear()
                 self.stats.window_resets += 1
             kept = []
-            result = self._register(frame, start.init_pose, config, kept)
+            result = self._register(frame, start.init_pose, config, kept, planes)
         latency = time.perf_counter() - t_in
         with self._lock:
             self.stats.frames_registered += 1
         self._publish_overlay(frame.pixels, frame.fixed, result, msg)
         info = {
             "mode": start.mode, "similarity": f"{result.similarity:.5f}", "zncc": f"{result.zncc:.5f}",
-            "views": str(len(kept) + 1), "view_spread_deg": f"{self._spread_deg(frame, kept):.1f}",
+            "views": str(len(kept) + len(planes) + 1), "view_spread_deg": f"{self._spread_deg(frame, kept):.1f}",
+            "biplane_pair": str(bool(planes)),
             "view_zncc": " ".join(f"{z:.4f}" for z in result.view_zncc),
             "iterations": str(result.iterations), "latency_ms": f"{latency * 1000:.1f}",
             "registration_ms": f"{result.wall_time_s * 1000:.1f}", "stop_reason": result.stop_reason,
@@ -458,9 +477,9 @@ class RegistrationGlue:
             self.window.add(WindowView(frame.fixed, None if frame.mask is None else torch.from_numpy(frame.mask),
                                        frame.joints, frame.stamp, result.view_zncc[0], result.pose))
             self.tracker.accept(result.pose, frame.joints, result.view_zncc[0])
-        cov = self._covariance(frame, result, kept, info)
+        cov = self._covariance(frame, result, kept, planes, info)
         known, why = KnownPoseGate(self._p("gate.max_target_sigma_mm"), self._p("multiview.min_separation_deg")).check(
-            None if cov is None else cov.target_sigma_mm(self.registrar.targets), len(kept) + 1)
+            None if cov is None else cov.target_sigma_mm(self.registrar.targets), len(kept) + len(planes) + 1)
         if not known and not self._p("gate.allow_unresolved_depth"):
             iso_ct = iso_from_ct(result.pose, frame.joints)
             self._publish_pose(iso_ct, msg.header.stamp, self._ros_covariance(cov, frame))
@@ -536,6 +555,42 @@ class RegistrationGlue:
             return None
         return Frame(msg, stamp, pixels, fixed, mask, joints, age)
 
+    def _plane_b(self, frame: Frame) -> list[View]:
+        """Plane B's frame within ``biplane.max_pair_dt_s`` of ``frame`` as a view ([] when none or unusable)."""
+        if not self._p("biplane.enabled"):
+            return []
+        max_dt = self._p("biplane.max_pair_dt_s")
+        with self._lock:
+            waiting = list(self._frames_b)
+        best = min(waiting, key=lambda m: abs(stamp_to_seconds(m.header.stamp) - frame.stamp), default=None)
+        if best is None or abs(stamp_to_seconds(best.header.stamp) - frame.stamp) > max_dt:
+            self._note("biplane_unpaired", f"no plane B frame within {max_dt:.3f} s of {frame.stamp:.3f} s: "
+                                           "registering plane A alone")
+            return []
+        with self._lock:
+            self._frames_b = deque((m for m in self._frames_b if m is not best), maxlen=self._frames_b.maxlen)
+        det = self.detector_b or self.detector
+        try:
+            pixels = image_to_array(best)
+            if pixels.shape != det.shape:
+                raise ImageConversionError(f"size {pixels.shape[0]}x{pixels.shape[1]}, plane B expects "
+                                           f"{det.height}x{det.width}")
+            i0, log = self._p("image.i0"), self._p("image.log_transform")
+            fixed = prepare_fixed(pixels, log_transform=log, i0=i0 if i0 > 0 else None, invert=self._p("image.invert"))
+        except (ImageConversionError, FixedImageError) as exc:
+            self._note("biplane_rejected", f"plane B frame ignored: {exc}; registering plane A alone")
+            return []
+        dark = self._p("image.mask_dark_fraction")
+        mask = pixels > dark * (i0 if i0 > 0 else float(pixels.max())) if log and dark > 0 else None
+        return [View(fixed, self.cam_b_from_cam_a, mask, self.detector_b)]
+
+    def _note(self, counter: str, why: str) -> None:
+        """Something about an input that is not a rejection of the frame: a log line and a counter."""
+        self.get_logger().warning(why)
+        with self._lock:
+            self.stats.notes[counter] = self.stats.notes.get(counter, 0) + 1
+            self.stats.last_rejection = why
+
     def _gate(self, start: FrameStart, result: RegistrationResult) -> tuple[bool, str]:
         """The registration's own verdict, then (tracking frames) the lost-track gate."""
         if not result.accepted:
@@ -553,10 +608,11 @@ class RegistrationGlue:
         self._publish_tf(iso_ct, frame.joints, stamp)
         self._publish_pose(iso_ct, stamp, covariance)
 
-    def _register(self, frame: Frame, init, config: RegistrationConfig, kept: list[WindowView]) -> RegistrationResult:
-        """One pose from this frame and the kept views of the angle history (none: a single view)."""
+    def _register(self, frame: Frame, init, config: RegistrationConfig, kept: list[WindowView],
+                  planes: list[View]) -> RegistrationResult:
+        """One pose from this frame, its biplane partner and the kept views of the angle history (none: one view)."""
         self.registrar.config = config  # its CT pyramids are built once per pyramid and kept
-        views = self.window.as_views(kept, frame.joints)
+        views = planes + self.window.as_views(kept, frame.joints)
         try:
             return self.registrar.register(frame.fixed, init, mask=frame.mask, views=views)
         except torch.OutOfMemoryError:
@@ -592,14 +648,15 @@ class RegistrationGlue:
         self.tf_static_pub.publish(TFMessage(transforms=[
             stamped_transform(tf, self.frames["world"], self.frames["carm"], stamp)]))
 
-    def _covariance(self, frame: Frame, result: RegistrationResult, kept: list[WindowView],
+    def _covariance(self, frame: Frame, result: RegistrationResult, kept: list[WindowView], planes: list[View],
                     info: dict) -> PoseCovariance | None:
         """The pose covariance from every view of the registration (None when off or not computable)."""
         if not self._p("registration.covariance"):
             return None
         try:  # tracking frames reuse the last frame's scale: one batch of 13 DRRs per view instead of two
             cov = pose_covariance(self.registrar, frame.fixed, result.pose, frame.mask, steps=self._covariance_steps,
-                                  compare=self.registrar.config.compare, views=self.window.as_views(kept, frame.joints),
+                                  compare=self.registrar.config.compare,
+                                  views=planes + self.window.as_views(kept, frame.joints),
                                   scale_uncertainty=self._p("registration.scale_uncertainty"))
         except (ValueError, RuntimeError) as exc:
             self.get_logger().warning(f"pose covariance not computed ({exc}); publishing zeros (unknown)")
@@ -649,7 +706,7 @@ class RegistrationGlue:
                 "frames_received": s.frames_received, "frames_registered": s.frames_registered,
                 "frames_published": s.frames_published, "frames_rejected": s.frames_rejected,
                 "frames_held_back": s.frames_held_back, "window_views": len(self.window.views),
-                "window_resets": s.window_resets,
+                "window_resets": s.window_resets, **s.notes,
                 "frames_replaced_while_busy": self._slot.replaced,
                 "last_rejection": s.last_rejection, "device": str(self.registrar.device), **s.last,
             }

@@ -1,0 +1,84 @@
+"""A biplane over real DDS: pairs by stamp register jointly (depth known on the first frame); bad or
+missing plane-B frames leave the node working single-plane, with a diagnostic."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from test_registration_node import I0, NODE_PARAMS, Scene, send
+
+from diffdrr_ros.core.drr import render, to_intensity
+from diffdrr_ros.core.geometry import CArmJoints, Detector, initial_pose
+from diffdrr_ros.ros.conversions import array_to_image, seconds_to_stamp, xyz_rpy_to_matrix
+from diffdrr_ros.ros.harness import GraphClient, NodeProcess
+
+DET_B = Detector(40, 44, spacing_mm=(9.0, 9.0), sdd_mm=1100.0, sid_mm=800.0)
+CAM_B_FROM_A = [0.0, 0.0, 0.0, 0.0, math.pi / 2, 0.0]
+PARAMS = {**NODE_PARAMS, "gate.allow_unresolved_depth": False, "biplane.enabled": True,
+          "biplane.cam_b_from_cam_a": CAM_B_FROM_A, "detector_b.height": DET_B.height, "detector_b.width": DET_B.width,
+          "detector_b.pixel_spacing_mm": [9.0, 9.0], "detector_b.sdd_mm": 1100.0, "detector_b.sid_mm": 800.0}
+AP = CArmJoints(lao_rad=0.0, cranial_rad=math.radians(5))
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    node = NodeProcess(PARAMS, tmp_path_factory.mktemp("node") / "node.log")
+    client = GraphClient()
+    reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+    pub_b = client.node.create_publisher(Image, "fluoro_b/image", reliable)
+    if not client.wait_for_node(node):
+        node.stop()
+        client.close()
+        pytest.fail(f"node did not come up:\n{node.log()}")
+    yield client, pub_b, Scene(), node
+    rc = node.stop()
+    client.close()
+    assert rc == 0, f"node exit code {rc}:\n{node.log()}"
+
+
+def _frame_b(scene: Scene, joints: CArmJoints, sec: int, det: Detector = DET_B):
+    pose_b = xyz_rpy_to_matrix(CAM_B_FROM_A[:3], CAM_B_FROM_A[3:]) @ initial_pose(joints, scene.table_from_ct)
+    counts = torch.poisson(to_intensity(render(scene.mu, pose_b, det)) * I0,
+                           generator=torch.Generator().manual_seed(sec + 1000))
+    msg = array_to_image(counts.clamp(0, 65535).numpy().astype("uint16"), "mono16")
+    msg.header.stamp = seconds_to_stamp(sec + 0.01)
+    return msg
+
+
+def _answered(client, sec, n_diag):
+    return client.spin_until(lambda: client.pose_for(sec) is not None or client.tf_for(sec) is not None
+                             or client.diag_saying("rejected", n_diag) is not None, 90.0)
+
+
+def test_a_pair_is_known_on_the_first_frame(system):
+    client, pub_b, scene, node = system
+    pub_b.publish(_frame_b(scene, AP, 100))
+    client.spin_for(0.3)
+    n = len(client.diags)
+    send(client, array_to_image(scene.frame(AP, seed=100), "mono16"), AP, 100)
+    assert _answered(client, 100, n), node.log()
+    client.spin_for(0.5)
+    tf = client.tf_for(100)
+    assert tf is not None, node.log()
+    assert scene.mtre(tf, AP) < 2.0
+
+
+def test_unpaired_and_bad_plane_b_frames_fall_back_to_one_plane(system):
+    client, pub_b, scene, node = system
+    j = CArmJoints(lao_rad=math.radians(2), cranial_rad=math.radians(5))
+    n = len(client.diags)
+    send(client, array_to_image(scene.frame(j, seed=110), "mono16"), j, 110)  # no plane B frame at all
+    assert _answered(client, 110, n), node.log()
+    assert "no plane B frame" in node.log()
+    bad = _frame_b(scene, j, 120, det=Detector(20, 20, spacing_mm=(18.0, 18.0), sdd_mm=1100.0, sid_mm=800.0))
+    pub_b.publish(bad)  # the wrong size for plane B
+    client.spin_for(0.3)
+    n = len(client.diags)
+    send(client, array_to_image(scene.frame(j, seed=120), "mono16"), j, 120)
+    assert _answered(client, 120, n), node.log()
+    assert "plane B frame ignored" in node.log() and node.alive()
+    assert client.pose_for(120) is not None  # plane A still registered (single plane here: not on /tf)
