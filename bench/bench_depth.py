@@ -15,6 +15,10 @@ node's known-pose gate uses::
     .venv/bin/python bench/bench_depth.py --phantom head --size 128 --separations 30 60 --out bench/out/depth.json
 
 Writes JSON, CSV and a PNG (error and predicted sigma against the number of views).
+``--sweep``: two views instead, the reference and one at each ``--separations`` angle in
+turn (error and predicted sigma against the separation angle)::
+
+    .venv/bin/python bench/bench_depth.py --phantom head --size 128 --sweep --separations 5 10 20 30 45 60 90
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ def main() -> int:
     ap.add_argument("--scale-uncertainty", type=float, default=0.003)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sweep", action="store_true", help="2 views: the reference and each separation in turn")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "depth.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -78,8 +83,12 @@ def main() -> int:
                             log_transform=True, i0=style.i0) for i, j in enumerate(joints)]
     truth = initial_pose(joints[0], table_ct)
     rows, start = [], initial_pose(joints[0], default_prior(reg.center))
-    for k in range(1, len(joints) + 1):
-        views = [view_from_joints(frames[i], joints[i], joints[0], mask) for i in range(1, k)]
+    sets = [[]] + [[i] for i in range(1, len(joints))] if args.sweep else [list(range(1, k)) for k in
+                                                                          range(1, len(joints) + 1)]
+    single = None
+    for others in sets:
+        k = len(others) + 1
+        views = [view_from_joints(frames[i], joints[i], joints[0], mask) for i in others]
         t0 = time.perf_counter()
         res = reg.register(frames[0], start, truth=truth, mask=mask, views=views)
         seconds = time.perf_counter() - t0
@@ -87,7 +96,8 @@ def main() -> int:
         cov = pose_covariance(reg, frames[0], res.pose, mask, compare="intensity", views=views,
                               scale_uncertainty=args.scale_uncertainty)
         sig = cov.target_sigma_mm(reg.targets)
-        rows.append({"views": k, "angles_deg": [0.0, *args.separations][:k], "mtre_mm": res.mtre_mm,
+        angles = [0.0] + [([0.0, *args.separations])[i] for i in others]
+        rows.append({"views": k, "angles_deg": angles, "separation_deg": max(angles), "mtre_mm": res.mtre_mm,
                      "inplane_mm": float(err.inplane_mm), "depth_mm": float(err.depth_mm),
                      "depth_bias_mm": float(err.depth_bias_mm), "sigma_x_mm": float(sig[0]),
                      "sigma_y_mm": float(sig[1]), "sigma_depth_mm": float(sig[2]), "zncc": res.view_zncc,
@@ -96,7 +106,11 @@ def main() -> int:
         print(f"K={k} {r['angles_deg']}: mTRE {r['mtre_mm']:.2f} mm, in plane {r['inplane_mm']:.2f}, along the beam "
               f"{r['depth_mm']:.2f} (bias {r['depth_bias_mm']:+.2f}); predicted 1-sigma x/y/z {r['sigma_x_mm']:.2f}/"
               f"{r['sigma_y_mm']:.2f}/{r['sigma_depth_mm']:.2f} mm; {r['iterations']} it, {seconds:.1f} s", flush=True)
-        start = res.pose  # the next K starts where this one ended (as the node's tracking frames do)
+        if args.sweep:  # every pair starts from the single-view result
+            single = res.pose if single is None else single
+            start = single
+        else:
+            start = res.pose  # the next K starts where this one ended (as the node's tracking frames do)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
     with args.out.with_suffix(".csv").open("w", newline="") as f:
@@ -108,13 +122,13 @@ def main() -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ks = [r["views"] for r in rows]
+    ks = [r["separation_deg"] if args.sweep else r["views"] for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(ks, [r["depth_mm"] for r in rows], "o-", label="error along the beam")
     ax.plot(ks, [r["inplane_mm"] for r in rows], "s-", label="error in plane")
     ax.plot(ks, [r["sigma_depth_mm"] for r in rows], "o--", label="predicted 1-sigma along the beam")
     ax.axhline(1.0, color="grey", lw=0.8, ls=":", label="known-pose gate (1 mm)")
-    ax.set_xlabel("views")
+    ax.set_xlabel("separation of the second view (deg; 0: one view)" if args.sweep else "views")
     ax.set_ylabel("mm (27 targets)")
     ax.set_xticks(ks)
     ax.legend(fontsize=7)

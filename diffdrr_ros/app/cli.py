@@ -89,27 +89,47 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from ..core.geometry import matrix_to_carm
-    from ..core.registration import Registrar, RegistrationConfig, prepare_fixed
+    from ..core.geometry import CArmJoints, matrix_to_carm
+    from ..core.metrics import inplane_depth_error
+    from ..core.registration import Registrar, RegistrationConfig, pose_covariance, prepare_fixed, view_from_joints
 
     vol = volume_from_args(args)
     frame = load_xray(args.xray)
     fixed = prepare_fixed(frame, log_transform=args.log_transform, invert=args.invert)
     det = detector_from_args(args, tuple(fixed.shape))
+
+    def carm(theta_phi_gamma_deg: list[float]) -> CArmJoints:
+        theta, phi, gamma = (math.radians(float(v)) for v in theta_phi_gamma_deg)
+        return CArmJoints(lao_rad=phi, cranial_rad=theta, detector_rotation_rad=gamma)
+
+    ref = carm(args.xray_angles if args.xray_angles else args.init[:3])
+    views = [view_from_joints(prepare_fixed(load_xray(Path(path)), log_transform=args.log_transform,
+                                            invert=args.invert), carm(angles), ref)
+             for path, *angles in (args.view or [])]
     cfg = RegistrationConfig(optimizer=args.optimizer, similarity=args.similarity, compare=args.compare,
                              max_iterations=args.max_iterations, init_search=args.init_search,
                              **({"pyramid": tuple(args.pyramid)} if args.pyramid else {}))
     reg = Registrar(vol, det, cfg, device=args.device)
     init = reg.pose_from_carm(*_pose_args(args.init))
     truth = reg.pose_from_carm(*_pose_args(args.truth)) if args.truth else None
-    result = reg.register(fixed, init, truth=truth)
+    result = reg.register(fixed, init, truth=truth, views=views)
     angles, trans = matrix_to_carm(result.pose, reg.center)
     deg = [round(math.degrees(a), 3) for a in angles.tolist()]
     print(f"pose (theta, phi, gamma deg; bx, by, bz mm): {deg} {[round(t, 3) for t in trans.tolist()]}")
     print(f"similarity {cfg.similarity}={result.similarity:.5f}  zncc={result.zncc:.5f}  "
           f"iterations={result.iterations}  time={result.wall_time_s:.2f}s  device={reg.device}")
+    if views:
+        print(f"{len(views) + 1} views, ZNCC per view: {' '.join(f'{z:.5f}' for z in result.view_zncc)}")
     if result.mtre_mm is not None:
-        print(f"mTRE {result.mtre_mm:.3f} mm  ({'success' if result.success else 'failure'} at < 2 mm)")
+        err = inplane_depth_error(result.pose, truth, reg.targets)
+        print(f"mTRE {result.mtre_mm:.3f} mm  ({'success' if result.success else 'failure'} at < 2 mm); in plane "
+              f"{float(err.inplane_mm):.3f} mm, along the beam {float(err.depth_mm):.3f} mm")
+    if args.covariance:
+        cov = pose_covariance(reg, fixed, result.pose, compare=cfg.compare, views=views,
+                              scale_uncertainty=args.scale_uncertainty)
+        sig = cov.target_sigma_mm(reg.targets)
+        print(f"predicted 1-sigma target error: x {float(sig[0]):.3f}, y {float(sig[1]):.3f}, along the beam "
+              f"{float(sig[2]):.3f} mm")
     print(f"verdict: {result.verdict}")
     if args.json:
         payload = result.to_dict()
@@ -166,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_volume_args(p)
     add_detector_args(p)
     p.add_argument("--xray", type=Path, required=True, help="frame: .npy, .png/.tif, or .dcm")
+    p.add_argument("--view", nargs=4, action="append", metavar=("FILE", "THETA", "PHI", "GAMMA"),
+                   help="another frame of the same, still patient and its C-arm angles (deg: cranial, LAO, detector "
+                        "rotation); repeat for more: one pose is registered to all (depth from several views)")
+    p.add_argument("--xray-angles", type=float, nargs=3, default=None, metavar=("THETA", "PHI", "GAMMA"),
+                   help="the C-arm angles of --xray (deg), for --view (default: the angles of --init)")
+    p.add_argument("--covariance", action="store_true", help="print the predicted 1-sigma target error per axis")
+    p.add_argument("--scale-uncertainty", type=float, default=0.003,
+                   help="relative magnification uncertainty in the covariance (default 0.003)")
     p.add_argument("--init", type=float, nargs=6, required=True, metavar=("THETA", "PHI", "GAMMA", "BX", "BY", "BZ"))
     p.add_argument("--truth", type=float, nargs=6, default=None, help="ground-truth pose, to report the mTRE")
     p.add_argument("--optimizer", choices=["adam", "gd", "gdm", "gddm"], default="adam")

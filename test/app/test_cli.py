@@ -54,6 +54,25 @@ def test_register_cli_recovers_pose(tmp_path, capsys):
     np.testing.assert_allclose(result["pose_carm_deg_mm"], truth, atol=1.0)
 
 
+def test_register_cli_with_a_second_view(tmp_path, capsys):
+    vol = make_phantom("head_small")
+    det = Detector(48, 48, spacing_mm=(8.0, 8.0), sdd_mm=1020.0, sid_mm=750.0)
+    truth = [5.0, 10.0, 0.0, 3.0, -2.0, 4.0]
+    for name, phi in (("ap.npy", truth[1]), ("lao.npy", truth[1] + 30.0)):
+        pose = carm_to_matrix(torch.tensor([math.radians(a) for a in (truth[0], phi, truth[2])], dtype=torch.float64),
+                              torch.tensor(truth[3:], dtype=torch.float64), vol.center)
+        np.save(tmp_path / name, render(vol.to_attenuation(), pose, det).numpy())
+    rc = main(["register", "--phantom", "head_small", "--xray", str(tmp_path / "ap.npy"), "--spacing", "8", "8",
+               "--sdd", "1020", "--sid", "750", "--init", "9", "6", "3", "10", "-8", "0", "--truth", *map(str, truth),
+               "--xray-angles", "5", "10", "0", "--view", str(tmp_path / "lao.npy"), "5", "40", "0",
+               "--covariance", "--json", str(tmp_path / "r.json"), "--device", "cpu"])
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert rc == 0, printed
+    assert result["mtre_mm"] < 1.0 and len(result["view_zncc"]) == 2 and min(result["view_zncc"]) > 0.99
+    assert "2 views" in printed and "along the beam" in printed and "predicted 1-sigma" in printed
+
+
 def test_sim_writes_a_bag_of_the_simulated_c_arm(tmp_path):
     from diffdrr_ros.bag.scoring import read_records
 
