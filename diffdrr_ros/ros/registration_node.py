@@ -430,7 +430,7 @@ class RegistrationGlue:
         return None
 
     def _process(self, msg: Image, t_in: float) -> None:
-        """One frame: decode -> start pose -> register (with the angle history) -> gates -> publish."""
+        """One frame: decode -> start pose -> register (with its partners) -> gates -> publish."""
         frame = self._decode(msg)
         if frame is None:
             return
@@ -440,32 +440,12 @@ class RegistrationGlue:
         config = self._config(tracking=True) if start.mode == "tracking" else self._config(wide=True)
         self._last_stamp = frame.stamp
         planes = self._plane_b(frame)  # the biplane partner as a view, or nothing
-        result = self._register(frame, start.init_pose, config, kept, planes)
-        moved = disagreeing_views(kept, result.pose, frame.joints, self.registrar.targets,
-                                  self._p("multiview.max_view_shift_mm"))
-        if moved:  # an old view no longer fits: the patient moved since it was taken
-            shifts = ", ".join(f"{shift:.1f} mm" for _, shift in moved)
-            self._warn(f"angle history reset: {len(moved)} of {len(kept)} earlier view(s) disagree with this frame "
-                       f"(the joint pose moves the targets in their image planes by {shifts}; the patient moved?); "
-                       f"registering this frame alone")
-            with self._lock:
-                self.window.clear()
-                self.stats.window_resets += 1
-            kept = []
-            result = self._register(frame, start.init_pose, config, kept, planes)
+        result, kept = self._register_jointly(frame, start, config, kept, planes)
         latency = time.perf_counter() - t_in
         with self._lock:
             self.stats.frames_registered += 1
         self._publish_overlay(frame.pixels, frame.fixed, result, msg)
-        info = {
-            "mode": start.mode, "similarity": f"{result.similarity:.5f}", "zncc": f"{result.zncc:.5f}",
-            "views": str(len(kept) + len(planes) + 1), "view_spread_deg": f"{self._spread_deg(frame, kept):.1f}",
-            "biplane_pair": str(bool(planes)),
-            "view_zncc": " ".join(f"{z:.4f}" for z in result.view_zncc),
-            "iterations": str(result.iterations), "latency_ms": f"{latency * 1000:.1f}",
-            "registration_ms": f"{result.wall_time_s * 1000:.1f}", "stop_reason": result.stop_reason,
-            "joint_age_ms": f"{frame.joint_age_s * 1000:.1f}", "device": str(self.registrar.device),
-        }
+        info = self._frame_info(frame, start, result, kept, planes, latency)
         accepted, verdict = self._gate(start, result)
         if not accepted:
             with self._lock:
@@ -473,30 +453,73 @@ class RegistrationGlue:
             self._reject(f"registration rejected by the quality gate: {verdict}", info=info,
                          level=DiagnosticStatus.WARN)
             return
-        with self._lock:  # a registered frame: later frames from other angles register jointly with it
+        self._remember(frame, result)
+        cov = self._covariance(frame, result, kept, planes, info)
+        known, why = KnownPoseGate(self._p("gate.max_target_sigma_mm"), self._p("multiview.min_separation_deg")).check(
+            None if cov is None else cov.target_sigma_mm(self.registrar.targets), len(result.view_zncc))
+        if not known and not self._p("gate.allow_unresolved_depth"):
+            self._hold_back(frame, result, cov, why, info)
+            return
+        self._publish(frame, result, self._ros_covariance(cov, frame))
+        self._published(start, result, info, "" if known else why, latency)
+
+    def _register_jointly(self, frame: Frame, start: FrameStart, config: RegistrationConfig, kept: list[WindowView],
+                          planes: list[View]) -> tuple[RegistrationResult, list[WindowView]]:
+        """Register with the kept views; when they no longer fit one still patient, reset the window and go alone."""
+        result = self._register(frame, start.init_pose, config, kept, planes)
+        moved = disagreeing_views(kept, result.pose, frame.joints, self.registrar.targets,
+                                  self._p("multiview.max_view_shift_mm"))
+        if not moved:
+            return result, kept
+        shifts = ", ".join(f"{shift:.1f} mm" for _, shift in moved)
+        self._warn(f"angle history reset: {len(moved)} of {len(kept)} earlier view(s) disagree with this frame "
+                   f"(the joint pose moves the targets in their image planes by {shifts}; the patient moved?); "
+                   f"registering this frame alone")
+        with self._lock:
+            self.window.clear()
+            self.stats.window_resets += 1
+        return self._register(frame, start.init_pose, config, [], planes), []
+
+    def _frame_info(self, frame: Frame, start: FrameStart, result: RegistrationResult, kept: list[WindowView],
+                    planes: list[View], latency: float) -> dict[str, str]:
+        """The diagnostics values of a registered frame."""
+        return {
+            "mode": start.mode, "similarity": f"{result.similarity:.5f}", "zncc": f"{result.zncc:.5f}",
+            "views": str(len(result.view_zncc)), "view_spread_deg": f"{self._spread_deg(frame, kept):.1f}",
+            "biplane_pair": str(bool(planes)), "view_zncc": " ".join(f"{z:.4f}" for z in result.view_zncc),
+            "iterations": str(result.iterations), "latency_ms": f"{latency * 1000:.1f}",
+            "registration_ms": f"{result.wall_time_s * 1000:.1f}", "stop_reason": result.stop_reason,
+            "joint_age_ms": f"{frame.joint_age_s * 1000:.1f}", "device": str(self.registrar.device),
+        }
+
+    def _remember(self, frame: Frame, result: RegistrationResult) -> None:
+        """A registered frame: later frames track from it and, from other angles, register jointly with it."""
+        with self._lock:
             self.window.add(WindowView(frame.fixed, None if frame.mask is None else torch.from_numpy(frame.mask),
                                        frame.joints, frame.stamp, result.view_zncc[0], result.pose))
             self.tracker.accept(result.pose, frame.joints, result.view_zncc[0])
-        cov = self._covariance(frame, result, kept, planes, info)
-        known, why = KnownPoseGate(self._p("gate.max_target_sigma_mm"), self._p("multiview.min_separation_deg")).check(
-            None if cov is None else cov.target_sigma_mm(self.registrar.targets), len(kept) + len(planes) + 1)
-        if not known and not self._p("gate.allow_unresolved_depth"):
-            iso_ct = iso_from_ct(result.pose, frame.joints)
-            self._publish_pose(iso_ct, msg.header.stamp, self._ros_covariance(cov, frame))
-            with self._lock:
-                self.stats.frames_held_back += 1
-            self._reject(f"not on /tf (on ~/ct_pose with its covariance): {why}", count=False, info=info,
-                         level=DiagnosticStatus.WARN)
-            return
-        self._publish(frame, result, self._ros_covariance(cov, frame))
+
+    def _hold_back(self, frame: Frame, result: RegistrationResult, cov: PoseCovariance | None, why: str,
+                   info: dict[str, str]) -> None:
+        """A registered pose that is not known well enough: on ``~/ct_pose`` with its covariance, not on /tf."""
+        self._publish_pose(iso_from_ct(result.pose, frame.joints), frame.msg.header.stamp,
+                           self._ros_covariance(cov, frame))
+        with self._lock:
+            self.stats.frames_held_back += 1
+        self._reject(f"not on /tf (on ~/ct_pose with its covariance): {why}", count=False, info=info,
+                     level=DiagnosticStatus.WARN)
+
+    def _published(self, start: FrameStart, result: RegistrationResult, info: dict[str, str], unknown: str,
+                   latency: float) -> None:
+        n = len(result.view_zncc)
         with self._lock:
             self.stats.frames_published += 1
             self.stats.level = DiagnosticStatus.OK
-            self.stats.message = f"registered ({start.mode}, {len(kept) + 1} view(s)): {result.verdict}"
-            if not known:
-                self.stats.message += f" [published although {why}]"
+            self.stats.message = f"registered ({start.mode}, {n} view(s)): {result.verdict}"
+            if unknown:
+                self.stats.message += f" [published although {unknown}]"
             self.stats.last = info
-        self.get_logger().info(f"{start.mode} registration ({len(kept) + 1} view(s)): ZNCC {result.zncc:.4f}, "
+        self.get_logger().info(f"{start.mode} registration ({n} view(s)): ZNCC {result.zncc:.4f}, "
                                f"{result.iterations} it, {latency * 1000:.0f} ms frame-to-TF")
 
     def _window_views(self, frame: Frame) -> list[WindowView]:
