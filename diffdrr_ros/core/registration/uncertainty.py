@@ -253,16 +253,18 @@ def _gauss_newton(
     rel: list[Tensor | None], steps: Tensor, compare: str, correlated: bool = True, scale_uncertainty: float = 0.0,
     detectors: list[Detector | None] | None = None,
 ) -> tuple[Tensor, Tensor, float]:
-    """The views' covariances combined, ``(sum_k C_k^-1)^-1``, with and without the scale term; the reference ``s^2``.
+    """The views' covariance with and without the systematic scale term; the reference view's ``s^2``.
 
-    Per view ``C_k = A_k^-1 B_k A_k^-1 + sigma_k^2 u_k u_k^T`` with ``A_k = w_k J_k^T J_k``,
-    ``B_k = w_k J_k^T R_k J_k``, ``w_k = a_k^2 / s_k^2``: ``J_k`` from central differences,
-    ``R_k`` the residual correlation (:func:`residual_correlation`; the identity when not
-    ``correlated``: the sandwich form of a least-squares fit with correlated residuals), and a
-    systematic depth term: a relative magnification error ``scale_uncertainty`` moves the pose
-    along the view's beam ``u_k`` by ``sigma_k = scale_uncertainty x`` (source to CT centre).
-    For one view with white residuals and no scale term this is ``s^2 / a^2 (J^T J)^-1`` (the
-    module docstring).
+    Statistical part: ``(sum_k C_k^-1)^-1`` with, per view, ``C_k = A_k^-1 B_k A_k^-1``,
+    ``A_k = w_k J_k^T J_k``, ``B_k = w_k J_k^T R_k J_k``, ``w_k = a_k^2 / s_k^2``: ``J_k`` from
+    central differences, ``R_k`` the residual correlation (:func:`residual_correlation`; the
+    identity when not ``correlated``: the sandwich form of a least-squares fit with correlated
+    residuals). Systematic part: a relative magnification error ``scale_uncertainty`` common to
+    all views (the same physics) would move view ``k``'s own estimate along its beam ``u_k`` by
+    ``eps D_k``; the joint estimate moves by ``delta = (sum I_k)^-1 sum I_k D_k u_k`` times eps
+    (``I_k = C_k^-1``), added as ``eps^2 delta delta^T``. For one view ``delta = D u`` (all of it
+    along the beam); for one view with white residuals and no scale term this is
+    ``s^2 / a^2 (J^T J)^-1`` (the module docstring).
     """
     delta = torch.zeros(13, 6, dtype=torch.float64)
     for i in range(6):
@@ -281,8 +283,8 @@ def _gauss_newton(
             drrs[k] = render(last.volume, (rel[k] @ perturbed).to(registrar.device), detectors[k],
                              registrar.settings(1)).to(torch.float64)
     sid = float(registrar.detector.sid)
-    info = torch.zeros(6, 6, dtype=torch.float64)
-    stat_info = torch.zeros_like(info)
+    stat_info = torch.zeros(6, 6, dtype=torch.float64)
+    pull = torch.zeros(6, dtype=torch.float64)  # sum_k I_k (D_k u_k): where a common scale error pulls the views
     s2_ref = 0.0
     for k, (f, m) in enumerate(zip(f_n, masks, strict=True)):
         d_k = drrs[k]
@@ -300,16 +302,21 @@ def _gauss_newton(
         else:
             cov_k = bread
         cov_k = cov_k.cpu()
-        cov_k = 0.5 * (cov_k + cov_k.T)
-        stat_info = stat_info + torch.linalg.pinv(cov_k, hermitian=True)
-        if scale_uncertainty > 0:  # along this view's beam, in the reference camera's axes
-            k_from_ref = torch.eye(4, dtype=torch.float64) if rel[k] is None else rel[k].cpu()
-            depth = float(k_from_ref[2, :3] @ center_cam + k_from_ref[2, 3])  # CT centre, this view's z
-            u = torch.zeros(6, dtype=torch.float64)
-            u[:3] = k_from_ref[2, :3]  # this view's beam in the reference camera's axes
-            sid_k = sid if detectors[k] is None else float(detectors[k].sid)
-            cov_k = cov_k + (scale_uncertainty * (sid_k + depth)) ** 2 * torch.outer(u, u)
-        info = info + torch.linalg.pinv(cov_k, hermitian=True)
+        info_k = torch.linalg.pinv(0.5 * (cov_k + cov_k.T), hermitian=True)
+        stat_info = stat_info + info_k
+        # A magnification error eps makes view k alone see the pose moved by eps * D_k along its beam u_k
+        # (D_k: source to CT centre), in the reference camera's axes.
+        k_from_ref = torch.eye(4, dtype=torch.float64) if rel[k] is None else rel[k].cpu()
+        depth = float(k_from_ref[2, :3] @ center_cam + k_from_ref[2, 3])  # CT centre, this view's z
+        u = torch.zeros(6, dtype=torch.float64)
+        u[:3] = k_from_ref[2, :3]  # this view's beam in the reference camera's axes
+        sid_k = sid if detectors[k] is None else float(detectors[k].sid)
+        pull = pull + info_k @ (u * (sid_k + depth))
         s2_ref = s2 if k == 0 else s2_ref
-    cov, stat = torch.linalg.pinv(info, hermitian=True), torch.linalg.pinv(stat_info, hermitian=True)
+    stat = torch.linalg.pinv(stat_info, hermitian=True)
+    # The same physics in every view: one common eps, so the views' pulls add up before the joint fit
+    # weighs them (bias propagation): delta = (sum I_k)^-1 sum I_k D_k u_k. Views along one beam keep
+    # the whole bias; views from other angles see each other's depth in plane and cancel it.
+    delta = stat @ pull
+    cov = stat + scale_uncertainty**2 * torch.outer(delta, delta)
     return 0.5 * (cov + cov.T), 0.5 * (stat + stat.T), s2_ref

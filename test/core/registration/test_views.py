@@ -101,7 +101,7 @@ def test_covariance_says_one_view_leaves_the_depth_unknown_and_two_views_resolve
     two = pose_covariance(reg, frames[0], single.pose, views=[second], **kw).target_sigma_mm(reg.targets)
     dup = pose_covariance(reg, frames[0], single.pose, views=[same_angle], **kw).target_sigma_mm(reg.targets)
     assert float(one[2]) > 2.0 > float(one[:2].max())  # along the beam: 0.3 % of size is 2.3 mm of depth
-    assert float(two[2]) < 0.5 * float(one[2]) and float(two[2]) < 1.5
+    assert float(two[2]) < 0.6 * float(one[2])  # 30 deg: the bias mostly cancels (measured: 3.3 -> 1.1 mm)
     assert float(dup[2]) > 1.5  # the same angle again adds no depth direction
     white = pose_covariance(reg, frames[0], single.pose, compare="intensity", correlated=False)
     assert float(white.target_sigma_mm(reg.targets)[2]) < float(one[2]) / 3
