@@ -107,6 +107,36 @@ def _grad_m(lo, hi, source, pixels, jac_out, g, out):  # pragma: no cover - comp
             out[b, i, 3] += js + jt
 
 
+def trace_fused(
+    data: Tensor,
+    m: np.ndarray,
+    a_ct_grid: np.ndarray,
+    source: np.ndarray,
+    pixels: np.ndarray,
+    method: str,
+    n_samples: int | None,
+    step_voxels: float,
+    reorder: bool,
+    want_jac: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Line integrals ``O = S L`` of the ``B x P`` rays (index ``b * P + p``) and, when ``want_jac``,
+    ``dO/d(src, tgt)`` in grid coordinates (``B P x 6``): the forward pass of the fused path.
+
+    ``m`` (``B x 4 x 4`` float64) maps camera points to grid coordinates. Also the per-pixel pose
+    Jacobian's source (:mod:`.jacobian`).
+    """
+    n = m.shape[0] * pixels.shape[0]
+    src = np.empty((n, 3))
+    tgt = np.empty((n, 3))
+    length = np.empty(n)
+    _make_rays(m, a_ct_grid, source, pixels, src, tgt, length)
+    n_fixed, step = sampling_args(n_samples, step_voxels)
+    s_val, jac_r = trace_rays(method, data, src, tgt, want_jac, n_fixed, step, reorder)
+    if want_jac:
+        _output_jacobian(a_ct_grid, src, tgt, s_val, length, jac_r)
+    return s_val * length, jac_r
+
+
 class _FusedRender(torch.autograd.Function):
     """``M (B, 4, 4)`` -> line integrals ``(B, P)``; see the module docstring."""
 
@@ -125,20 +155,13 @@ class _FusedRender(torch.autograd.Function):
     ) -> Tensor:
         m = np.ascontiguousarray(m_grid_cam.detach().to("cpu", torch.float64).numpy())
         b, n_pix = m.shape[0], pixels.shape[0]
-        n = b * n_pix
-        src = np.empty((n, 3))
-        tgt = np.empty((n, 3))
-        length = np.empty(n)
-        _make_rays(m, a_ct_grid, source, pixels, src, tgt, length)
         want_jac = m_grid_cam.requires_grad
-        n_fixed, step = sampling_args(n_samples, step_voxels)
-        s_val, jac_r = trace_rays(method, data, src, tgt, want_jac, n_fixed, step, reorder)
+        values, jac_r = trace_fused(data, m, a_ct_grid, source, pixels, method, n_samples, step_voxels, reorder,
+                                    want_jac)
         if want_jac:
-            _output_jacobian(a_ct_grid, src, tgt, s_val, length, jac_r)  # 48 bytes per ray kept
-            ctx.fused = (m.shape[0], source, pixels, jac_r)
+            ctx.fused = (m.shape[0], source, pixels, jac_r)  # 48 bytes per ray kept
             ctx.out_dtype = m_grid_cam.dtype
-        out = torch.from_numpy(s_val * length).reshape(b, n_pix)
-        return out.to(m_grid_cam.dtype)
+        return torch.from_numpy(values).reshape(b, n_pix).to(m_grid_cam.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]

@@ -38,8 +38,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..drr import render
+from ..drr.jacobian import step_pose
 from ..geometry.detector import Detector
-from ..geometry.rotations import axis_angle_to_matrix, make_transform, skew
+from ..geometry.rotations import skew
 from .fixed_image import prepare_fixed
 from .registrar import Registrar
 from .views import View
@@ -134,10 +135,7 @@ class PoseCovariance:
 
 def _perturbed(pose: Float[Tensor, "4 4"], center_cam: Float[Tensor, " 3"], delta: Float[Tensor, "K 6"]) -> Tensor:
     """``K`` poses: translate by ``delta[:, :3]`` (mm, camera axes), rotate by ``delta[:, 3:]`` about the centre."""
-    rot = axis_angle_to_matrix(delta[:, 3:])  # K 3 3
-    r = rot @ pose[:3, :3]
-    t = (rot @ (pose[:3, 3] - center_cam)[:, None])[..., 0] + center_cam + delta[:, :3]
-    return make_transform(r, t)
+    return step_pose(pose, center_cam, delta)
 
 
 def _normalise(img: Tensor, mask: Tensor) -> Tensor:
