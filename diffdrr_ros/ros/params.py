@@ -69,6 +69,8 @@ PARAMS: list[Param] = [
     Param("registration.pyramid", [2, 1], "detector downsampling factors for the first frame, coarse to fine (the "
           "search runs first on a ~16 px image)"),
     Param("registration.tracking_pyramid", [2, 1], "pyramid for tracking frames (start from the last good pose)"),
+    Param("registration.tracking_optimizer", "lm", "optimiser of tracking frames: lm (Levenberg-Marquardt on the "
+          "analytic pose Jacobian, a handful of steps; CPU kernels, else Adam) or any of registration.optimizer's"),
     Param("registration.tracking_step_scale", 0.5, "step sizes of tracking frames relative to the first frame's "
           "(they start close)", False, (1e-3, 1.0)),
     Param("registration.max_similarity_drop", 0.002, "tracking quality gate: reject a ZNCC this far below the median "

@@ -294,7 +294,8 @@ class RegistrationGlue:
         pyramid = get("registration.tracking_pyramid") if tracking else get("registration.pyramid")
         scale = get("registration.tracking_step_scale") if tracking else 1.0
         return RegistrationConfig(
-            optimizer=get("registration.optimizer"), similarity=get("registration.similarity"),
+            optimizer=get("registration.tracking_optimizer") if tracking else get("registration.optimizer"),
+            similarity=get("registration.similarity"),
             compare=get("registration.compare"),
             lr_rotation=get("registration.lr_rotation") * scale,
             lr_translation=get("registration.lr_translation") * scale,

@@ -12,6 +12,9 @@ from ..metrics.similarity import get_similarity
 from .optimizers import make_optimizer
 from .parameterization import PARAMETERIZATIONS
 
+#: Similarities Levenberg-Marquardt can minimise (sums of squares of normalised features).
+LM_SIMILARITIES = ("zncc", "l2", "gncc")
+
 
 @dataclass
 class RegistrationConfig:
@@ -34,7 +37,7 @@ class RegistrationConfig:
     them is made at the finest level.
     """
 
-    optimizer: str = "adam"
+    optimizer: str = "adam"  # gd, gdm, gddm, adam (the seed's), or lm (Levenberg-Marquardt, .gauss_newton)
     lr_rotation: float | None = None
     lr_translation: float | None = None
     momentum: float = 0.9
@@ -69,6 +72,7 @@ class RegistrationConfig:
     drr_blur_sigma_px: float = 0.0  # detector PSF applied to the DRRs (full-resolution pixels; 0: none)
     min_similarity: float = 0.9  # quality gate on the final full-resolution ZNCC
     seed_success_zncc: float = 0.999  # the seed/DiffDRR "converged" criterion, reported beside mTRE
+    lm_max_iterations: int = 15  # Levenberg-Marquardt steps per pyramid level (optimizer="lm"; the search stays Adam)
 
     def __post_init__(self) -> None:
         if self.parameterization not in PARAMETERIZATIONS:
@@ -97,7 +101,14 @@ class RegistrationConfig:
         get_similarity(self.similarity)
         if self.compare not in COMPARE_DOMAINS:
             raise ValueError(f"compare must be one of {COMPARE_DOMAINS}, got {self.compare!r}")
-        make_optimizer(self.optimizer, [torch.zeros(1, requires_grad=True)], [torch.zeros(1, requires_grad=True)])
+        if self.optimizer == "lm":
+            if self.similarity not in LM_SIMILARITIES:
+                raise ValueError(f"optimizer 'lm' needs a sum-of-squares similarity {LM_SIMILARITIES}, "
+                                 f"got {self.similarity!r}")
+        else:
+            make_optimizer(self.optimizer, [torch.zeros(1, requires_grad=True)], [torch.zeros(1, requires_grad=True)])
+        if self.lm_max_iterations < 1:
+            raise ValueError("lm_max_iterations must be positive")
 
     def iterations_at(self, level: int) -> int:
         """Iteration limit of pyramid level ``level``."""

@@ -39,6 +39,7 @@ from ..metrics import mean_target_registration_error, target_points, zncc
 from ..volume import Volume
 from .config import RegistrationConfig, similarity_fn
 from .fixed_image import FixedImageError, downsample_image, prepare_fixed
+from .gauss_newton import lm_refine
 from .optimizers import DEFAULT_STEP_SIZES, make_optimizer
 from .parameterization import initial_params, params_to_pose
 from .result import RegistrationResult
@@ -176,18 +177,24 @@ class Registrar:
         callback: Callable[[int, Tensor, Tensor], None] | None,
         max_iterations: int | None = None,
         lr_scale: float = 1.0,
+        optimizer: str | None = None,
     ) -> tuple[Tensor, Tensor, int, str]:
         """Descend at one level for a batch of poses; return best poses, their losses, iters, reason."""
         cfg = self.config
+        if (optimizer or cfg.optimizer) == "lm" and self.device.type == "cpu":
+            return self._lm_level(lvl, frames, pose, history, callback)
+        if (optimizer or cfg.optimizer) == "lm":  # the analytic Jacobian runs on the CPU kernels only (so far)
+            optimizer = "adam"
+        optimizer = optimizer or cfg.optimizer
         sim = similarity_fn(cfg)
         rot, trans, base = initial_params(cfg.parameterization, pose, self.center)
         rot.requires_grad_(True)
         trans.requires_grad_(True)
-        d_rot, d_trans = DEFAULT_STEP_SIZES[cfg.optimizer]
+        d_rot, d_trans = DEFAULT_STEP_SIZES[optimizer]
         lr_rot = (d_rot if cfg.lr_rotation is None else cfg.lr_rotation) * lr_scale
         lr_trans = (d_trans if cfg.lr_translation is None else cfg.lr_translation) * lr_scale
         opt, sched = make_optimizer(
-            cfg.optimizer, [rot], [trans], lr_rotation=lr_rot, lr_translation=lr_trans,
+            optimizer, [rot], [trans], lr_rotation=lr_rot, lr_translation=lr_trans,
             momentum=cfg.momentum, dampening=cfg.dampening, plateau_patience=cfg.plateau_patience,
             plateau_factor=cfg.plateau_factor,
         )
@@ -219,6 +226,27 @@ class Registrar:
             if sched is not None:
                 sched.step(float(loss.detach().sum()))
         return best_pose, best_loss, it, reason
+
+    def _lm_level(self, lvl: _Level, frames: list[ViewStack], pose: Tensor, history: list[float],
+                  callback: Callable[[int, Tensor, Tensor], None] | None) -> tuple[Tensor, Tensor, int, str]:
+        """Levenberg-Marquardt on each candidate (:func:`.gauss_newton.lm_refine`); same returns as Adam's."""
+        cfg = self.config
+        poses, losses, its, reasons = [], [], 0, []
+        for b in range(pose.shape[0]):
+            p, loss, it, reason = lm_refine(lvl.volume, frames, lvl.detector, pose[b], self.center,
+                                            self.settings(lvl.factor), cfg.similarity, cfg.compare,
+                                            max_iterations=cfg.lm_max_iterations, history=history, callback=callback)
+            if reason == "max_iterations":  # still far: fall back to Adam from where it got to
+                p_a, l_a, it_a, reason = self._optimise_level(lvl, frames, p.to(pose)[None], history, callback,
+                                                              optimizer="adam")
+                p, loss, it = p_a[0], float(l_a[0]) + 1.0, it + it_a
+            poses.append(p.to(pose))
+            losses.append(loss - 1.0)  # -similarity, as the Adam path's losses
+            its = max(its, it)
+            reasons.append(reason)
+        # "stalled": no step lowers the loss any more, i.e. at a minimum (to the step tolerance).
+        reason = "converged" if all(r in ("converged", "stalled") for r in reasons) else reasons[0]
+        return torch.stack(poses), torch.tensor(losses, dtype=torch.float64, device=pose.device), its, reason
 
     def _group_renderer(self, lvl: _Level, settings: RenderSettings) -> Callable[[ViewStack, Tensor], Tensor]:
         def render_group(group: ViewStack, poses: Tensor) -> Tensor:
@@ -253,8 +281,9 @@ class Registrar:
         best = cand[order[: min(cfg.init_refine, cand.shape[0])]]
         if cfg.init_refine_iterations > 0:
             hist = [] if history is None else history
-            best, losses, _, _ = self._optimise_level(
-                lvl, frames, best, hist, None, max_iterations=cfg.init_refine_iterations
+            best, losses, _, _ = self._optimise_level(  # Adam: Levenberg-Marquardt's basin is too narrow here
+                lvl, frames, best, hist, None, max_iterations=cfg.init_refine_iterations,
+                optimizer="adam" if cfg.optimizer == "lm" else None,
             )
             best = best[losses.argsort()]
         return best[: cfg.init_keep]

@@ -1,0 +1,170 @@
+"""Levenberg-Marquardt on the normalised residuals, with the DRR's analytic pose Jacobian.
+
+For a ZNCC-type similarity the loss is a least-squares problem: with the fixed image's
+features ``f`` and the DRR's ``v(xi)``, both normalised over the masked pixels to zero mean and
+unit variance, ``|f_n - v_n|^2 = 2 n (1 - ZNCC)``. Features: the image itself (``zncc``, ``l2``)
+or its two Sobel gradients (``gncc``), in the configured domain (line integrals, or the
+transmitted intensity ``exp(-L)``). One CPU kernel pass gives ``v`` and ``dv/dxi``
+(:func:`..drr.jacobian.render_with_pose_jacobian`); the normalisation's Jacobian is
+``dv_n = (dv - mean(dv) - v_n mean(v_n dv)) / std(v)``. Each step solves
+``(A^T A + lambda diag(A^T A)) delta = A^T r`` (``A = dv_n/dxi``, six unknowns: translation of
+the CT centre in mm and rotation about it, camera axes), accepted when the loss falls
+(``lambda`` / 3), else ``lambda`` x 4. Several views stack their residuals: view ``k`` sees the
+step through its camera, ``xi_k = (R t, R w)`` with ``R`` its rotation from the reference camera.
+
+Where Adam needs 100-200 steps of a first-order method, this needs a handful: each step sees
+the curvature. Its basin is narrower (the linearisation): it is for tracking frames and the
+final polish, not the wide search.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ..drr.jacobian import render_with_pose_jacobian, step_pose
+from ..drr.render import RenderSettings, VolumeLike
+from ..geometry.detector import Detector
+from ..metrics.similarity import image_gradients
+from .config import LM_SIMILARITIES
+from .views import ViewStack
+
+
+def _features(x: Tensor, similarity: str) -> list[Tensor]:
+    """The images whose ZNCC the similarity averages: ``(B, H, W)`` each (linear in ``x``)."""
+    if similarity == "gncc":
+        return list(image_gradients(x))
+    return [x]
+
+
+def _eroded(mask: Tensor | None, similarity: str) -> Tensor | None:
+    if mask is None or similarity != "gncc":
+        return mask
+    m = mask.to(torch.float64)
+    return (-torch.nn.functional.max_pool2d(-m.reshape(-1, 1, *m.shape[-2:]), 3, 1, 1)).reshape(m.shape) > 0.5
+
+
+def residuals(
+    drr: Tensor, jac: Tensor, fixed: Tensor, mask: Tensor | None, similarity: str, compare: str
+) -> tuple[Tensor, Tensor, float]:
+    """Normalised residuals ``r = f_n - v_n`` (``R``), their Jacobian ``A = dv_n/dxi`` (``R x 6``), and the loss.
+
+    ``drr``, ``fixed``: ``(K, h, w)``; ``jac``: ``(K, h, w, 6)``; the loss is ``1 -`` the mean ZNCC of
+    the features over the views (``1 - similarity`` for zncc and gncc).
+    """
+    if compare == "intensity":
+        phi, dphi = torch.exp(-drr), -torch.exp(-drr)[..., None] * jac
+        ref = torch.exp(-fixed)
+    else:
+        phi, dphi, ref = drr, jac, fixed
+    k = drr.shape[0]
+    m_all = _eroded(mask, similarity)
+    rs, jacs, loss, count = [], [], 0.0, 0
+    dfeat = [_features(dphi[..., i], similarity) for i in range(6)]  # linear: features of each Jacobian channel
+    for j, (v, f) in enumerate(zip(_features(phi, similarity), _features(ref, similarity), strict=True)):
+        for view in range(k):
+            m = torch.ones_like(v[view], dtype=torch.bool) if m_all is None else m_all[view]
+            vv, ff = v[view][m], f[view][m]
+            dv = torch.stack([dfeat[i][j][view][m] for i in range(6)], -1)  # n 6
+            sv, sf = vv.std(unbiased=False).clamp_min(1e-12), ff.std(unbiased=False).clamp_min(1e-12)
+            vn, fn = (vv - vv.mean()) / sv, (ff - ff.mean()) / sf
+            dvn = (dv - dv.mean(0) - vn[:, None] * (vn[:, None] * dv).mean(0)) / sv
+            n = vv.numel()
+            scale = 1.0 / math.sqrt(2 * n)  # |r|^2 = 1 - ZNCC per feature and view
+            rs.append((fn - vn) * scale)
+            jacs.append(dvn * scale)
+            loss += float(((fn - vn) ** 2).sum()) / (2 * n)
+            count += 1
+    return torch.cat(rs), torch.cat(jacs), loss / count
+
+
+def lm_refine(
+    volume: VolumeLike,
+    groups: list[ViewStack],
+    level_detector: Detector,
+    pose: Tensor,
+    center_ct: Tensor,
+    settings: RenderSettings,
+    similarity: str,
+    compare: str,
+    max_iterations: int = 10,
+    history: list[float] | None = None,
+    callback: Callable[[int, Tensor, Tensor], None] | None = None,
+    step_tolerance: tuple[float, float] = (0.01, 1e-5),
+    loss_tolerance: float = 1e-3,
+) -> tuple[Tensor, float, int, str]:
+    """Levenberg-Marquardt from ``pose`` (``T_cam_ct`` of the reference view): ``(pose, loss, iterations, reason)``.
+
+    ``loss`` is ``1 - similarity`` (mean over views); ``reason``: ``converged`` (an accepted step
+    below ``step_tolerance`` mm / rad, or one that lowered the loss by less than
+    ``loss_tolerance`` of itself), ``max_iterations`` or ``stalled`` (no step lowers the loss: a
+    minimum to the precision of the renderer, or outside the linearisation's reach).
+    """
+    if similarity not in LM_SIMILARITIES:
+        raise ValueError(f"Levenberg-Marquardt needs a sum-of-squares similarity {LM_SIMILARITIES}, "
+                         f"got {similarity!r}")
+    pose = pose.to(torch.float64).cpu()
+    center = center_ct.to(torch.float64).cpu()
+
+    def evaluate(p: Tensor) -> tuple[Tensor, Tensor, float]:
+        pivot = p[:3, :3] @ center + p[:3, 3]
+        rs, jacs, losses, weights = [], [], [], []
+        for g in groups:
+            poses = g.poses(p[None].to(g.fixed.device)).cpu()  # K_g 4 4
+            rel = torch.eye(4, dtype=torch.float64)[None] if g.cam_from_ref is None else g.cam_from_ref.cpu()
+            rot = rel[:, :3, :3].expand(poses.shape[0], 3, 3)
+            pivots = (rot @ pivot[:, None])[..., 0] + rel[:, :3, 3]  # the pivot in each view's camera
+            det = level_detector if g.detector is None else g.detector
+            drr, jac = render_with_pose_jacobian(volume, poses, det, pivots, settings)
+            # d/dxi_ref = d/dxi_k @ blockdiag(R, R): the reference step seen from view k's camera.
+            jac = torch.cat([jac[..., :3] @ rot[:, None], jac[..., 3:] @ rot[:, None]], -1)
+            r, a, loss = residuals(drr, jac, g.fixed.cpu().to(torch.float64),
+                                   None if g.mask is None else g.mask.cpu(), similarity, compare)
+            rs.append(r)
+            jacs.append(a)
+            losses.append(loss)
+            weights.append(g.count)
+        total = sum(lo * w for lo, w in zip(losses, weights, strict=True)) / sum(weights)
+        return torch.cat(rs), torch.cat(jacs), total
+
+    r, a, loss = evaluate(pose)
+    lam, reason, it = 0.0, "max_iterations", 0
+    for it in range(1, max_iterations + 1):
+        gram, grad = a.T @ a, a.T @ r
+        accepted, loss_before = False, loss
+        while lam < 1e8:
+            delta = torch.linalg.solve(gram + lam * torch.diag(gram.diagonal().clamp_min(1e-12)), grad)
+            candidate = step_pose(pose, pose[:3, :3] @ center + pose[:3, 3], delta[None])[0]
+            r_c, a_c, loss_c = evaluate(candidate)
+            if loss_c < loss:
+                pose0 = pose
+                pose, r, a, loss, accepted = candidate, r_c, a_c, loss_c, True
+                # Far from the minimum the linearised step undershoots (edges are linear over a pixel
+                # only): while doubling it keeps lowering the loss, take the longer step.
+                for scale in (2.0, 4.0, 8.0):
+                    longer = step_pose(pose0, pose0[:3, :3] @ center + pose0[:3, 3], (scale * delta)[None])[0]
+                    r_l, a_l, loss_l = evaluate(longer)
+                    if not loss_l < loss:
+                        break
+                    pose, r, a, loss, delta = longer, r_l, a_l, loss_l, scale * delta
+                lam = max(lam / 10, 1e-7)
+                break
+            lam *= 10
+        if history is not None:
+            history.append(-(1.0 - loss))  # the loss as the Adam path records it (-similarity)
+        if callback is not None:
+            callback(it, pose[None], torch.tensor([loss - 1.0]))
+        if not accepted:
+            reason = "stalled"
+            break
+        small_step = float(delta[:3].norm()) < step_tolerance[0] and float(delta[3:].norm()) < step_tolerance[1]
+        if small_step or loss_before - loss < loss_tolerance * loss_before:  # the step or the gain is negligible
+            reason = "converged"
+            break
+    return pose, loss, it, reason
+
+
+__all__ = ["LM_SIMILARITIES", "lm_refine", "residuals"]
