@@ -468,6 +468,16 @@ class RegistrationGlue:
                           planes: list[View]) -> tuple[RegistrationResult, list[WindowView]]:
         """Register with the kept views; when they no longer fit one still patient, reset the window and go alone."""
         result = self._register(frame, start.init_pose, config, kept, planes)
+        if start.mode == "tracking" and config.optimizer == "lm":
+            gate = LostTrackGate(self._p("registration.max_similarity_drop"),
+                                 self._p("registration.max_similarity_drop_relative"))
+            with self._lock:
+                worse = self.tracker.below_last(result.view_zncc[0], gate)
+            if worse:  # outside Levenberg-Marquardt's basin (e.g. frames skipped): Adam from the same start
+                self._note("lm_fallbacks", f"tracking: Levenberg-Marquardt ended at ZNCC {result.view_zncc[0]:.4f}, "
+                                           "below the last frame's; registering again with Adam")
+                result = self._register(frame, start.init_pose, dataclasses.replace(config, optimizer="adam"), kept,
+                                        planes)
         moved = disagreeing_views(kept, result.pose, frame.joints, self.registrar.targets,
                                   self._p("multiview.max_view_shift_mm"))
         if not moved:

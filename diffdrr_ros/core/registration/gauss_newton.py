@@ -9,7 +9,8 @@ transmitted intensity ``exp(-L)``). One CPU kernel pass gives ``v`` and ``dv/dxi
 ``dv_n = (dv - mean(dv) - v_n mean(v_n dv)) / std(v)``. Each step solves
 ``(A^T A + lambda diag(A^T A)) delta = A^T r`` (``A = dv_n/dxi``, six unknowns: translation of
 the CT centre in mm and rotation about it, camera axes), accepted when the loss falls
-(``lambda`` / 3), else ``lambda`` x 4. Several views stack their residuals: view ``k`` sees the
+(``lambda`` / 10), else ``lambda`` x 10 (from at least 1e-6) until it is,
+or gives up (``stalled``). Several views stack their residuals: view ``k`` sees the
 step through its camera, ``xi_k = (R t, R w)`` with ``R`` its rotation from the reference camera.
 
 Where Adam needs 100-200 steps of a first-order method, this needs a handful: each step sees
@@ -131,7 +132,7 @@ def lm_refine(
         return torch.cat(rs), torch.cat(jacs), total
 
     r, a, loss = evaluate(pose)
-    lam, reason, it = 0.0, "max_iterations", 0
+    lam, reason, it = 1e-4, "max_iterations", 0
     for it in range(1, max_iterations + 1):
         gram, grad = a.T @ a, a.T @ r
         accepted, loss_before = False, loss
@@ -152,7 +153,7 @@ def lm_refine(
                     pose, r, a, loss, delta = longer, r_l, a_l, loss_l, scale * delta
                 lam = max(lam / 10, 1e-7)
                 break
-            lam *= 10
+            lam = max(lam * 10, 1e-6)  # never 0: a rejected step must change the damping
         if history is not None:
             history.append(-(1.0 - loss))  # the loss as the Adam path records it (-similarity)
         if callback is not None:

@@ -81,6 +81,17 @@ class Tracker:
             return True, ""
         return gate.check(zncc, list(self.recent_zncc))
 
+    def below_last(self, zncc: float, gate: LostTrackGate) -> bool:
+        """A result clearly worse than the last accepted frame's (the lost-track tolerance, one frame of history).
+
+        The node then registers again with the slower, wider-basin optimiser before any gate:
+        a second-order step from a start outside its basin ends in a wrong minimum.
+        """
+        if not self.recent_zncc:
+            return False
+        last = self.recent_zncc[-1]
+        return zncc < last - max(gate.max_drop, gate.max_drop_relative * (1.0 - last))
+
     def accept(self, pose: Float[Tensor, "4 4"], joints: CArmJoints, zncc: float) -> None:
         """A published pose: later frames track from it."""
         self.last_good = (pose, joints)

@@ -58,3 +58,14 @@ def test_lm_through_the_registrar_matches_adam_and_is_the_tracking_path(problem)
     assert res.accepted and res.mtre_mm < 0.1 and res.iterations <= 25
     with pytest.raises(ValueError, match="sum-of-squares"):
         RegistrationConfig(optimizer="lm", similarity="pncc")
+
+
+def test_lm_at_the_minimum_stops_instead_of_spinning(problem):
+    """No step can lower the loss at the truth: the damping must grow until LM gives up (it once stayed 0)."""
+    reg, truth, fixed = problem
+    lvl = reg.levels[-1]
+    noisy = fixed + 0.02 * torch.randn(fixed.shape, generator=torch.Generator().manual_seed(0), dtype=D)
+    pose, _, its, reason = lm_refine(lvl.volume, [ViewStack(noisy[None], None, None)], lvl.detector, truth,
+                                     reg.center, reg.settings(1), "gncc", "intensity", max_iterations=15)
+    assert reason in ("converged", "stalled") and its <= 15
+    assert float(reg.mtre(pose, truth)) < 0.5
