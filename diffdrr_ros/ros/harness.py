@@ -142,8 +142,15 @@ class GraphClient:
         return None
 
     def wait_for_node(self, proc: NodeProcess, timeout: float = 90.0) -> bool:
-        """The node is up once it latched its static transform."""
-        return self.spin_until(lambda: bool(self.static) or not proc.alive(), timeout) and proc.alive()
+        """The node is up once it latched its static transform and its subscriptions matched our publishers.
+
+        Without the second condition a first frame published right away can be lost to discovery
+        (the image subscription is best effort: no retransmission).
+        """
+        up = self.spin_until(lambda: bool(self.static) or not proc.alive(), timeout) and proc.alive()
+        return up and self.spin_until(lambda: (self.image_pub.get_subscription_count() > 0
+                                               and self.joint_pub.get_subscription_count() > 0)
+                                      or not proc.alive(), timeout) and proc.alive()
 
     def close(self) -> None:
         self.executor.shutdown()
