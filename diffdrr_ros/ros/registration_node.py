@@ -78,6 +78,9 @@ from .params import PARAMS
 from .qos import TF_QOS, TF_STATIC_QOS
 from .runtime import StartupError, load_ct, run_node
 
+#: Overlay edge colours (rgb8): on /tf, registered but held back (depth unresolved), rejected by a gate.
+PUBLISHED, HELD_BACK, REJECTED = (0, 255, 0), (255, 191, 0), (255, 0, 0)
+
 #: A joint-state SDD closer than this to the detector's (mm) does not rebuild anything.
 SDD_TOLERANCE_MM = 0.5
 
@@ -445,7 +448,6 @@ class RegistrationGlue:
         latency = time.perf_counter() - t_in
         with self._lock:
             self.stats.frames_registered += 1
-        self._publish_overlay(frame.pixels, frame.fixed, result, msg)
         info = self._frame_info(frame, start, result, kept, planes, latency)
         accepted, verdict = self._gate(start, result)
         if not accepted:
@@ -453,6 +455,7 @@ class RegistrationGlue:
                 self.tracker.lose()  # the next frame starts again from the joints
             self._reject(f"registration rejected by the quality gate: {verdict}", info=info,
                          level=DiagnosticStatus.WARN)
+            self._publish_overlay(frame, result, REJECTED)
             return
         self._remember(frame, result)
         cov = self._covariance(frame, result, kept, planes, info)
@@ -460,9 +463,11 @@ class RegistrationGlue:
             None if cov is None else cov.target_sigma_mm(self.registrar.targets), len(result.view_zncc))
         if not known and not self._p("gate.allow_unresolved_depth"):
             self._hold_back(frame, result, cov, why, info)
+            self._publish_overlay(frame, result, HELD_BACK)
             return
         self._publish(frame, result, self._ros_covariance(cov, frame))
         self._published(start, result, info, "" if known else why, latency)
+        self._publish_overlay(frame, result, PUBLISHED)  # after the TF: a picture never delays a pose
 
     def _register_jointly(self, frame: Frame, start: FrameStart, config: RegistrationConfig, kept: list[WindowView],
                           planes: list[View]) -> tuple[RegistrationResult, list[WindowView]]:
@@ -725,13 +730,13 @@ class RegistrationGlue:
         pose.pose.covariance = covariance
         self.pose_pub.publish(pose)
 
-    def _publish_overlay(self, frame: np.ndarray, fixed: torch.Tensor, result: RegistrationResult, msg: Image) -> None:
+    def _publish_overlay(self, frame: Frame, result: RegistrationResult, color: tuple[int, int, int]) -> None:
+        """The frame with the DRR's edges at the registered pose, only while someone subscribes."""
         if self.overlay_pub.get_subscription_count() == 0:
             return
         drr = self.registrar.render(result.pose[None])[0].cpu().numpy()
-        rgb = overlay(fixed.cpu().numpy(), drr, mode=self._p("overlay.mode"),
-                      color=(0, 255, 0) if result.accepted else (255, 0, 0))
-        self.overlay_pub.publish(array_to_image(rgb, "rgb8", msg.header.stamp, msg.header.frame_id))
+        rgb = overlay(frame.fixed.cpu().numpy(), drr, mode=self._p("overlay.mode"), color=color)
+        self.overlay_pub.publish(array_to_image(rgb, "rgb8", frame.msg.header.stamp, frame.msg.header.frame_id))
 
     def _publish_diagnostics(self) -> None:
         with self._lock:

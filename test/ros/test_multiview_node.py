@@ -16,8 +16,9 @@ from test_registration_node import NODE_PARAMS, Scene, send
 
 from diffdrr_ros.core.geometry import CArmJoints
 from diffdrr_ros.core.geometry.rotations import make_transform
-from diffdrr_ros.ros.conversions import array_to_image
+from diffdrr_ros.ros.conversions import array_to_image, image_to_pixels
 from diffdrr_ros.ros.harness import GraphClient, NodeProcess
+from diffdrr_ros.ros.registration_node import HELD_BACK, PUBLISHED
 
 PARAMS = {**NODE_PARAMS, "gate.allow_unresolved_depth": False, "multiview.max_views": 3,
           "multiview.min_separation_deg": 15.0, "gate.max_target_sigma_mm": 1.0}
@@ -60,6 +61,9 @@ def test_one_angle_is_held_back_until_a_second_angle_arrives(system):
     assert held is not None and "along the beam" in held.message and "add a view" in held.message
     cov = list(client.pose_for(100).pose.covariance)
     assert max(cov[0], cov[7], cov[14]) > (1e-3) ** 2  # metres^2: the unresolved depth shows (> 1 mm)
+    assert client.spin_until(lambda: bool(client.overlays), 5.0)
+    rgb = image_to_pixels(client.overlays[-1]).reshape(-1, 3)
+    assert ((rgb == HELD_BACK).all(-1)).any() and not ((rgb == PUBLISHED).all(-1)).any()  # amber edges, not green
     # The same angle again (2 degrees off) adds no depth: still held back.
     n = _send_and_wait(client, scene, node, _at(2.0), 101)
     assert client.tf_for(101) is None and client.diag_saying("depth unresolved", n) is not None, node.log()
