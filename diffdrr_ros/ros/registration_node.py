@@ -40,7 +40,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
-from ..core.geometry import CArmJoints, Detector, cam_from_iso, iso_from_ct
+from ..core.geometry import CArmJoints, Detector, cam_from_iso, initial_pose, iso_from_ct
 from ..core.geometry.rotations import invert_transform, make_transform
 from ..core.overlay import overlay
 from ..core.registration import (
@@ -473,16 +473,24 @@ class RegistrationGlue:
                           planes: list[View]) -> tuple[RegistrationResult, list[WindowView]]:
         """Register with the kept views; when they no longer fit one still patient, reset the window and go alone."""
         result = self._register(frame, start.init_pose, config, kept, planes)
-        if start.mode == "tracking" and config.optimizer == "lm":
+        if start.mode == "tracking":
             gate = LostTrackGate(self._p("registration.max_similarity_drop"),
                                  self._p("registration.max_similarity_drop_relative"))
             with self._lock:
                 worse = self.tracker.below_last(result.view_zncc[0], gate)
-            if worse:  # outside Levenberg-Marquardt's basin (e.g. frames skipped): Adam from the same start
-                self._note("lm_fallbacks", f"tracking: Levenberg-Marquardt ended at ZNCC {result.view_zncc[0]:.4f}, "
-                                           "below the last frame's; registering again with Adam")
-                result = self._register(frame, start.init_pose, dataclasses.replace(config, optimizer="adam"), kept,
-                                        planes)
+            if worse:  # the start was outside the tracking optimiser's basin (e.g. frames skipped): the wide search
+                self._note("tracking_fallbacks", f"tracking ended at ZNCC {result.view_zncc[0]:.4f}, below the last "
+                                                 "frame's: registering this frame again with the wide search")
+                wide = self._register(frame, initial_pose(frame.joints, self.prior), self._config(wide=True), kept,
+                                      planes)
+                if wide.view_zncc[0] > result.view_zncc[0]:
+                    result = wide
+                with self._lock:
+                    still = self.tracker.below_last(result.view_zncc[0], gate)
+                if still:  # not a pose to publish: the next frame starts from the joints
+                    result.accepted = False
+                    result.verdict = (f"lost track: ZNCC {result.view_zncc[0]:.4f} stays below the last frame's after "
+                                      "the wide search")
         moved = disagreeing_views(kept, result.pose, frame.joints, self.registrar.targets,
                                   self._p("multiview.max_view_shift_mm"))
         if not moved:
