@@ -20,6 +20,7 @@ same node as a lifecycle node (``managed_registration_node``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import threading
 import time
@@ -86,18 +87,28 @@ SDD_TOLERANCE_MM = 0.5
 
 
 class LatestSlot:
-    """A one-element mailbox: ``put`` replaces what waits, ``take`` blocks until something does."""
+    """A one-element mailbox for frames: the newest by stamp waits; ``take`` blocks until something does.
+
+    A frame arriving while another waits replaces it (``replaced``), unless it is stamped
+    earlier than the one waiting (a late message, seen under load: 1.5 s older): then the
+    newer frame stays and the late one is dropped (``dropped_older``).
+    """
 
     def __init__(self) -> None:
         self._item = None
+        self._stamp = -math.inf
         self._cond = threading.Condition()
         self.replaced = 0
+        self.dropped_older = 0
 
-    def put(self, item) -> None:
+    def put(self, item, stamp: float = math.inf) -> None:
         with self._cond:
             if self._item is not None:
+                if stamp < self._stamp:
+                    self.dropped_older += 1
+                    return
                 self.replaced += 1
-            self._item = item
+            self._item, self._stamp = item, stamp
             self._cond.notify()
 
     def take(self, timeout: float) -> object | None:
@@ -345,7 +356,7 @@ class RegistrationGlue:
     def _on_image(self, msg: Image) -> None:
         with self._lock:
             self.stats.frames_received += 1
-        self._slot.put((msg, time.perf_counter()))
+        self._slot.put((msg, time.perf_counter()), stamp_to_seconds(msg.header.stamp))
 
     def _on_reregister(self, request, response):
         with self._lock:
@@ -434,7 +445,13 @@ class RegistrationGlue:
         return None
 
     def _process(self, msg: Image, t_in: float) -> None:
-        """One frame: decode -> start pose -> register (with its partners) -> gates -> publish."""
+        """One frame: decode -> start pose -> register (with its partners) -> gates -> publish.
+
+        The diagnostics break the frame-to-TF time down: ``wait_ms`` (in the slot), ``decode_ms``
+        (conversion, checks, joints, plane B), ``register_ms``, ``covariance_ms``, and
+        ``latency_ms`` (arrival to TF, or to the decision when nothing goes on TF).
+        """
+        t_start = time.perf_counter()
         frame = self._decode(msg)
         if frame is None:
             return
@@ -444,11 +461,14 @@ class RegistrationGlue:
         config = self._config(tracking=True) if start.mode == "tracking" else self._config(wide=True)
         self._last_stamp = frame.stamp
         planes = self._plane_b(frame)  # the biplane partner as a view, or nothing
+        t_reg = time.perf_counter()
         result, kept = self._register_jointly(frame, start, config, kept, planes)
-        latency = time.perf_counter() - t_in
+        t_done = time.perf_counter()
         with self._lock:
             self.stats.frames_registered += 1
-        info = self._frame_info(frame, start, result, kept, planes, latency)
+        info = self._frame_info(frame, start, result, kept, planes, t_done - t_in)
+        info.update(wait_ms=f"{(t_start - t_in) * 1000:.1f}", decode_ms=f"{(t_reg - t_start) * 1000:.1f}",
+                    register_ms=f"{(t_done - t_reg) * 1000:.1f}")
         accepted, verdict = self._gate(start, result)
         if not accepted:
             with self._lock:
@@ -458,14 +478,19 @@ class RegistrationGlue:
             self._publish_overlay(frame, result, REJECTED)
             return
         self._remember(frame, result)
+        t_cov = time.perf_counter()
         cov = self._covariance(frame, result, kept, planes, info)
+        info.update(covariance_ms=f"{(time.perf_counter() - t_cov) * 1000:.1f}")
         known, why = KnownPoseGate(self._p("gate.max_target_sigma_mm"), self._p("multiview.min_separation_deg")).check(
             None if cov is None else cov.target_sigma_mm(self.registrar.targets), len(result.view_zncc))
         if not known and not self._p("gate.allow_unresolved_depth"):
+            info.update(latency_ms=f"{(time.perf_counter() - t_in) * 1000:.1f}")  # arrival to the decision
             self._hold_back(frame, result, cov, why, info)
             self._publish_overlay(frame, result, HELD_BACK)
             return
         self._publish(frame, result, self._ros_covariance(cov, frame))
+        latency = time.perf_counter() - t_in  # frame arrival to TF
+        info.update(latency_ms=f"{latency * 1000:.1f}")
         self._published(start, result, info, "" if known else why, latency)
         self._publish_overlay(frame, result, PUBLISHED)  # after the TF: a picture never delays a pose
 
@@ -755,6 +780,7 @@ class RegistrationGlue:
                 "frames_held_back": s.frames_held_back, "window_views": len(self.window.views),
                 "window_resets": s.window_resets, **s.notes,
                 "frames_replaced_while_busy": self._slot.replaced,
+                "frames_dropped_older_than_waiting": self._slot.dropped_older,
                 "last_rejection": s.last_rejection, "device": str(self.registrar.device), **s.last,
             }
             status = DiagnosticStatus(level=s.level, name="diffdrr_ros: registration", message=s.message,

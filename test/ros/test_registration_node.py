@@ -135,6 +135,9 @@ def test_good_frame_registers_within_2mm(system):
     assert (ov.height, ov.width, ov.encoding) == (H, W, "rgb8")
     assert client.spin_until(lambda: client.diag_saying("registered", 0) is not None, 5.0)
     assert client.diag_saying("registered", 0).level == DiagnosticStatus.OK
+    keys = {kv.key: kv.value for kv in client.diag_saying("registered", 0).values}
+    parts = [float(keys[k]) for k in ("wait_ms", "decode_ms", "register_ms", "covariance_ms")]
+    assert min(parts) >= 0 and sum(parts) <= float(keys["latency_ms"]) + 1.0  # the breakdown of frame-to-TF
     assert client.static and client.static[0].transforms[0].child_frame_id == "carm_isocenter"
     # ~/ct_pose: the same pose, with a covariance (m, rad; isocentre axes) whose largest
     # translation variance lies along the beam (single-view depth).
