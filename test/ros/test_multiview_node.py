@@ -72,8 +72,11 @@ def test_one_angle_is_held_back_until_a_second_angle_arrives(system):
     tf = client.tf_for(102)
     assert tf is not None, node.log()
     assert scene.mtre(tf, _at(30.0)) < 2.0
-    views = [kv.value for d in client.diags[-5:] for s in d.status for kv in s.values if kv.key == "views"]
-    assert views and views[-1] == "2"
+
+    def views_reported() -> list[str]:
+        return [kv.value for d in client.diags for s in d.status for kv in s.values if kv.key == "views"]
+
+    assert client.spin_until(lambda: "2" in views_reported(), 10.0), views_reported()  # the next diagnostics
 
 
 def test_a_patient_who_moved_resets_the_angle_history(system):
