@@ -499,8 +499,7 @@ class RegistrationGlue:
         """Register with the kept views; when they no longer fit one still patient, reset the window and go alone."""
         result = self._register(frame, start.init_pose, config, kept, planes)
         if start.mode == "tracking":
-            gate = LostTrackGate(self._p("registration.max_similarity_drop"),
-                                 self._p("registration.max_similarity_drop_relative"))
+            gate = self._lost_track_gate()
             with self._lock:
                 worse = self.tracker.below_last(result.view_zncc[0], gate)
             if worse:  # the start was outside the tracking optimiser's basin (e.g. frames skipped): the wide search
@@ -591,27 +590,13 @@ class RegistrationGlue:
             self._reject(f"out-of-order frame (stamp {stamp:.3f} s <= last {self._last_stamp:.3f} s)")
             return None
         try:
-            pixels = image_to_array(msg)
-        except ImageConversionError as exc:
-            self._reject(f"bad image: {exc}")
+            pixels, fixed, mask = self._prepare_image(msg, self.detector)
+        except ValueError as exc:
+            self._reject(str(exc))
             return None
-        if pixels.shape != self.detector.shape:
-            self._reject(f"wrong image size {pixels.shape[0]}x{pixels.shape[1]}, expected "
-                         f"{self.detector.height}x{self.detector.width}")
+        if mask is not None and mask.mean() < 0.1:
+            self._reject(f"bad image: only {100 * mask.mean():.1f} % of the frame is exposed")
             return None
-        i0, log = self._p("image.i0"), self._p("image.log_transform")
-        try:
-            fixed = prepare_fixed(pixels, log_transform=log, i0=i0 if i0 > 0 else None, invert=self._p("image.invert"))
-        except FixedImageError as exc:
-            self._reject(f"bad image: {exc}")
-            return None
-        mask = None
-        dark = self._p("image.mask_dark_fraction")
-        if log and dark > 0:  # unexposed pixels (collimator) carry no line integral
-            mask = pixels > dark * (i0 if i0 > 0 else float(pixels.max()))
-            if mask.mean() < 0.1:
-                self._reject(f"bad image: only {100 * mask.mean():.1f} % of the frame is exposed")
-                return None
         nearest = self._nearest_joints(stamp)
         if nearest is None:
             self._reject("no joint state received yet: cannot place the C-arm")
@@ -641,20 +626,37 @@ class RegistrationGlue:
             return []
         with self._lock:
             self._frames_b = deque((m for m in self._frames_b if m is not best), maxlen=self._frames_b.maxlen)
-        det = self.detector_b or self.detector
         try:
-            pixels = image_to_array(best)
-            if pixels.shape != det.shape:
-                raise ImageConversionError(f"size {pixels.shape[0]}x{pixels.shape[1]}, plane B expects "
-                                           f"{det.height}x{det.width}")
-            i0, log = self._p("image.i0"), self._p("image.log_transform")
-            fixed = prepare_fixed(pixels, log_transform=log, i0=i0 if i0 > 0 else None, invert=self._p("image.invert"))
-        except (ImageConversionError, FixedImageError) as exc:
+            _, fixed, mask = self._prepare_image(best, self.detector_b or self.detector)
+        except ValueError as exc:
             self._note("biplane_rejected", f"plane B frame ignored: {exc}; registering plane A alone")
             return []
-        dark = self._p("image.mask_dark_fraction")
-        mask = pixels > dark * (i0 if i0 > 0 else float(pixels.max())) if log and dark > 0 else None
         return [View(fixed, self.cam_b_from_cam_a, mask, self.detector_b)]
+
+    def _prepare_image(self, msg: Image, det: Detector) -> tuple[np.ndarray, torch.Tensor, np.ndarray | None]:
+        """Pixels, fixed image (DRR-like units) and exposed-pixel mask of a frame for ``det`` (``image.*``).
+
+        Raises ``ValueError`` (conversion, size, pixel values) with the reason as the node reports it.
+        """
+        try:
+            pixels = image_to_array(msg)
+        except ImageConversionError as exc:
+            raise ValueError(f"bad image: {exc}") from exc
+        if pixels.shape != det.shape:
+            raise ValueError(f"wrong image size {pixels.shape[0]}x{pixels.shape[1]}, expected {det.height}x{det.width}")
+        i0, log = self._p("image.i0"), self._p("image.log_transform")
+        try:
+            fixed = prepare_fixed(pixels, log_transform=log, i0=i0 if i0 > 0 else None, invert=self._p("image.invert"))
+        except FixedImageError as exc:
+            raise ValueError(f"bad image: {exc}") from exc
+        dark = self._p("image.mask_dark_fraction")
+        # Unexposed pixels (collimator) carry no line integral.
+        mask = pixels > dark * (i0 if i0 > 0 else float(pixels.max())) if log and dark > 0 else None
+        return pixels, fixed, mask
+
+    def _lost_track_gate(self) -> LostTrackGate:
+        return LostTrackGate(self._p("registration.max_similarity_drop"),
+                             self._p("registration.max_similarity_drop_relative"))
 
     def _note(self, counter: str, why: str) -> None:
         """Something about an input that is not a rejection of the frame: a log line and a counter."""
@@ -667,10 +669,8 @@ class RegistrationGlue:
         """The registration's own verdict, then (tracking frames) the lost-track gate."""
         if not result.accepted:
             return False, result.verdict
-        gate = LostTrackGate(self._p("registration.max_similarity_drop"),
-                             self._p("registration.max_similarity_drop_relative"))
         with self._lock:
-            ok, why = self.tracker.gate(start, result.view_zncc[0], gate)
+            ok, why = self.tracker.gate(start, result.view_zncc[0], self._lost_track_gate())
         return (True, result.verdict) if ok else (False, why)
 
     def _publish(self, frame: Frame, result: RegistrationResult, covariance: list[float]) -> None:

@@ -21,7 +21,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..geometry.kinematics import CArmJoints, beam_separation_rad, initial_pose, propagate_pose
+from ..geometry.kinematics import CArmJoints, beam_separation_rad, camera_motion, initial_pose, propagate_pose
+from ..metrics.pose_error import inplane_depth_error
 from .views import View, view_from_joints
 
 #: Accepted frames whose ZNCC the lost-track gate compares with.
@@ -211,9 +212,6 @@ def disagreeing_views(
     in-plane shift (in that view's camera) above ``max_shift_mm`` says they do not fit one
     still patient. Views without a pose are not checked.
     """
-    from ..geometry.kinematics import camera_motion
-    from ..metrics.pose_error import inplane_depth_error
-
     out = []
     for i, v in enumerate(kept):
         if v.pose is None:
