@@ -128,9 +128,10 @@ class ViewWindow:
     """Recent registered frames from different C-arm angles (the node's angle history).
 
     A frame counts as a new view only when its beam is at least ``min_separation_deg`` from
-    every view kept (identical angles add no depth information); otherwise it replaces the
-    nearest one (the newer frame wins). At most ``max_views`` are kept, none older than
-    ``max_age_s``; when full, the oldest goes.
+    every view kept (identical angles add no depth information); otherwise the view kept there
+    stays (were the newer frame to win, a slow sweep would replace its one view frame by frame
+    and never span an angle). At most ``max_views`` are kept, none older than ``max_age_s``
+    (then the next frame from that angle takes its place); when full, the oldest goes.
     """
 
     max_views: int = 3
@@ -153,13 +154,14 @@ class ViewWindow:
         return [view_from_joints(v.fixed, v.joints, joints_ref, v.mask) for v in kept]
 
     def add(self, view: WindowView) -> None:
-        """Keep ``view``: it replaces a kept view closer than the minimum separation, else the oldest when full."""
+        """Keep ``view`` if it adds an angle (see the class); when full, the oldest goes."""
         if self.max_views <= 1:
             self.views = []
             return
         self._prune(view.stamp)
         sep = math.radians(self.min_separation_deg)
-        self.views = [v for v in self.views if beam_separation_rad(v.joints, view.joints) >= sep]
+        if any(beam_separation_rad(v.joints, view.joints) < sep for v in self.views):
+            return
         self.views.append(view)
         self.views = sorted(self.views, key=lambda v: v.stamp)[-self.max_views:]
 

@@ -78,10 +78,10 @@ def test_view_window_counts_only_new_angles_and_forgets_old_ones():
         return WindowView(img, None, _joints(lao_deg), stamp, zncc)
 
     window.add(view(0.0, 1.0))
-    window.add(view(5.0, 2.0))  # within 15 deg: replaces the first (the newer frame wins)
-    assert [v.stamp for v in window.views] == [2.0]
+    window.add(view(5.0, 2.0))  # within 15 deg: the view kept there stays
+    assert [v.stamp for v in window.views] == [1.0]
     assert window.others(_joints(8.0), 3.0) == []  # the same angle adds no depth
-    assert [v.stamp for v in window.others(_joints(30.0), 3.0)] == [2.0]
+    assert [v.stamp for v in window.others(_joints(30.0), 3.0)] == [1.0]
     window.add(view(30.0, 3.0))
     window.add(view(60.0, 4.0))
     window.add(view(-40.0, 5.0))  # full: the oldest goes
@@ -93,6 +93,21 @@ def test_view_window_counts_only_new_angles_and_forgets_old_ones():
     ap = ViewWindow(views=[WindowView(img, None, CArmJoints(0.0, 0.0), 0.0, 1.0)])
     assert ap.spread_deg(CArmJoints(math.radians(40), 0.0)) == pytest.approx(40.0, abs=1e-9)
     assert ap.spread_deg(CArmJoints(0.0, 0.0, detector_rotation_rad=1.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_slow_sweep_spans_an_angle():
+    """Frames 1 deg apart: the window keeps the first until one is 15 deg away, then has two views.
+
+    (At cranial 0.1 rad, 15 deg of LAO is a beam separation just below 15 deg: 16 is the first.)"""
+    window = ViewWindow(max_views=3, min_separation_deg=15.0, max_age_s=60.0)
+    img = torch.zeros(4, 4, dtype=torch.float64)
+    for k in range(20):
+        window.add(WindowView(img, None, _joints(float(k)), float(k), 0.99))
+    assert [v.stamp for v in window.views] == [0.0, 16.0]
+    assert [v.stamp for v in window.others(_joints(19.0), 19.5)] == [0.0]
+    assert [v.stamp for v in window.others(_joints(19.0), 61.0)] == []  # the first view expired
+    window.add(WindowView(img, None, _joints(0.0), 61.0, 0.99))  # its angle is free again
+    assert [v.stamp for v in window.views] == [16.0, 61.0]
 
 
 def test_views_that_disagree_with_the_new_frame():
