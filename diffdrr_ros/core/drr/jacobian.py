@@ -47,11 +47,14 @@ def render_with_pose_jacobian(
     detector: Detector,
     pivot_cam: Float[Tensor, "B 3"],
     settings: RenderSettings | None = None,
-) -> tuple[Float[Tensor, "B H W"], Float[Tensor, "B H W 6"]]:
+    want_jacobian: bool = True,
+) -> tuple[Float[Tensor, "B H W"], Float[Tensor, "B H W 6"] | None]:
     """DRRs at ``pose`` (``T_cam_ct``) and ``d DRR / d xi`` for ``x' = R(w)(x - c) + c + t`` about ``pivot_cam``.
 
     CPU volumes only (the numba kernels); the whole detector in one tile (tracking sizes).
     ``settings``: method, sampling and the detector blur as for :func:`.render.render`.
+    ``want_jacobian=False``: the same DRRs alone (None for the Jacobian), from the same kernel
+    (a trial step of Levenberg-Marquardt needs only its loss).
     """
     settings = settings or RenderSettings()
     if volume.data.device.type != "cpu":
@@ -61,9 +64,14 @@ def render_with_pose_jacobian(
     a_ct_grid = np.ascontiguousarray(volume.affine[:3, :3].to(torch.float64).numpy())
     source, pixels = detector_points_np(detector)
     values, jac = trace_fused(volume.data, m, a_ct_grid, source, pixels, settings.method, settings.n_samples,
-                              settings.step_voxels, settings.reorder, True)
+                              settings.step_voxels, settings.reorder, want_jacobian)
     b, n_pix = m.shape[0], pixels.shape[0]
     h, w = detector.shape
+    if not want_jacobian:
+        image = torch.from_numpy(values).reshape(b, h, w)
+        if settings.blur_sigma_px > 0:
+            image = -torch.log(gaussian_blur(torch.exp(-image), settings.blur_sigma_px).clamp_min(1e-30))
+        return image, None
     jac = jac.reshape(b, n_pix, 6)
     m_lin = m[:, :3, :3]  # B 3 3
     g_s = np.einsum("bpi,bij->bpj", jac[..., :3], m_lin)  # dO/d source (camera), B P 3

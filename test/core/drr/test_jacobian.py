@@ -32,6 +32,9 @@ def test_pose_jacobian_equals_the_autograd_gradient(name):
     settings = SETTINGS[name]
     img, jac = render_with_pose_jacobian(vol, pose[None], DET, pivot[None], settings)
     torch.testing.assert_close(img[0], render(vol, pose, DET, settings).to(D), atol=1e-9, rtol=1e-9)
+    alone, none = render_with_pose_jacobian(vol, pose[None], DET, pivot[None], settings, want_jacobian=False)
+    assert none is None  # the trial steps' path: the same image without the Jacobian
+    torch.testing.assert_close(alone, img, atol=1e-12, rtol=1e-12)
     for seed in range(3):  # three random projections of the H x W x 6 Jacobian
         w = torch.randn(DET.shape, dtype=D, generator=torch.Generator().manual_seed(seed))
         xi = torch.zeros(1, 6, dtype=D, requires_grad=True)
