@@ -33,8 +33,21 @@ from diffdrr_ros.core.metrics import mean_target_registration_error, percentile,
 from diffdrr_ros.core.sim import XRayStyle
 from diffdrr_ros.core.volume.phantoms import make_phantom
 from diffdrr_ros.ros.carm_simulator import Simulator
-from diffdrr_ros.ros.conversions import transform_to_matrix
+from diffdrr_ros.ros.conversions import pose_to_matrix, transform_to_matrix
 from diffdrr_ros.ros.harness import GraphClient, NodeProcess
+
+#: The node's frame-to-TF breakdown (diagnostics values, ms) collected per frame.
+BREAKDOWN = ("wait_ms", "decode_ms", "register_ms", "covariance_ms", "latency_ms", "iterations")
+
+
+def _frame_diag(arrays, stamp: float) -> dict[str, str] | None:
+    """The registration's values of the frame stamped ``stamp`` (s) from the diagnostics, or None."""
+    for d in arrays:
+        for st in d.status:
+            values = {kv.key: kv.value for kv in st.values}
+            if "register_ms" in values and abs(float(values.get("stamp", "nan")) - stamp) < 1e-5:
+                return {k: values[k] for k in BREAKDOWN if k in values} | {"verdict": st.message}
+    return None
 
 
 def main() -> int:
@@ -74,14 +87,22 @@ def main() -> int:
             client.spin_for(0.05)
             t_pub = time.monotonic()
             client.image_pub.publish(image)
-            ok = client.spin_until(lambda t=t: client.tf_received(t) is not None, args.timeout)
-            row = {"frame": k, "mode": "full" if k == 0 else "tracking", "published": ok}
-            if ok:
-                t_rx, tr = client.tf_received(t)
+            n_diag = len(client.diags)
+            done = client.spin_until(lambda t=t: client.tf_received(t) is not None or client.pose_for(t) is not None,
+                                     args.timeout)
+            t_decided = time.monotonic()
+            client.spin_until(lambda n=n_diag, t=t: _frame_diag(client.diags[n:], t) is not None, 2.0)
+            hit = client.tf_received(t)
+            ok = hit is not None
+            row = {"frame": k, "mode": "full" if k == 0 else "tracking", "published": ok, "decided": done}
+            row.update(_frame_diag(client.diags[n_diag:], t) or {})
+            if done:  # frame to TF, or to the decision (~/ct_pose) when the gate held it back
+                row["latency_s"] = (hit[0] if ok else t_decided) - t_pub
+            held = None if ok else client.pose_for(t)  # a pose the gate kept off TF, on ~/ct_pose
+            if ok or held is not None:
                 iso_ct, _ = sim.truth(t)
-                row["latency_s"] = t_rx - t_pub
-                row["mtre_mm"] = float(mean_target_registration_error(transform_to_matrix(tr.transform), iso_ct,
-                                                                      targets))
+                est = transform_to_matrix(hit[1].transform) if ok else pose_to_matrix(held.pose.pose)
+                row["mtre_mm"] = float(mean_target_registration_error(est, iso_ct, targets))
             rows.append(row)
     finally:
         node.stop()
@@ -90,20 +111,25 @@ def main() -> int:
     summary = {"device": device, "frames": args.frames, "physics": args.physics, "overrides": args.overrides,
                "load_average": os.getloadavg(), "rows": rows}
     for mode in ("full", "tracking"):
-        lat = [r["latency_s"] for r in rows if r["mode"] == mode and r["published"]]
-        mtre = [r["mtre_mm"] for r in rows if r["mode"] == mode and r["published"]]
+        lat = [r["latency_s"] for r in rows if r["mode"] == mode and r["decided"]]
+        mtre = [r["mtre_mm"] for r in rows if r["mode"] == mode and "mtre_mm" in r]  # on TF or held back
         n = sum(r["mode"] == mode for r in rows)
         summary[mode] = {
-            "frames": n, "published": len(lat),
+            "frames": n, "decided": len(lat), "published": sum(r["published"] for r in rows if r["mode"] == mode),
             "latency_p50_s": percentile(lat, 50) if lat else math.nan,
             "latency_p95_s": percentile(lat, 95) if lat else math.nan,
             "mtre_median_mm": statistics.median(mtre) if mtre else float("nan"),
             "success_rate": sum(m < 2.0 for m in mtre) / max(n, 1),
         }
+        for key in BREAKDOWN:
+            vals = [float(r[key]) for r in rows if r["mode"] == mode and key in r]
+            summary[mode][f"{key}_p50"] = percentile(vals, 50) if vals else math.nan
         s = summary[mode]
-        print(f"{mode:>8}: {s['published']}/{s['frames']} published, latency p50 {s['latency_p50_s'] * 1000:.0f} ms "
-              f"p95 {s['latency_p95_s'] * 1000:.0f} ms, median mTRE {s['mtre_median_mm']:.2f} mm, "
-              f"success {100 * s['success_rate']:.0f} %  (device {device})")
+        parts = ", ".join(f"{k.removesuffix('_ms')} {s[k + '_p50']:.0f}" for k in BREAKDOWN)
+        print(f"{mode:>8}: {s['published']}/{s['frames']} on TF ({s['decided']} decided), "
+              f"latency p50 {s['latency_p50_s'] * 1000:.0f} ms p95 {s['latency_p95_s'] * 1000:.0f} ms, "
+              f"median mTRE {s['mtre_median_mm']:.2f} mm, success {100 * s['success_rate']:.0f} % "
+              f"(device {device}); node p50: {parts}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=2))

@@ -43,17 +43,6 @@ _TRUTH_TYPES = {
 }
 
 
-def pose_to_matrix(pose: Any) -> Any:
-    """geometry_msgs/Pose (metres) -> 4x4 float64 torch tensor in mm."""
-    from geometry_msgs.msg import Quaternion, Transform, Vector3
-
-    from ..ros.conversions import transform_to_matrix
-
-    p, q = pose.position, pose.orientation
-    return transform_to_matrix(Transform(translation=Vector3(x=p.x, y=p.y, z=p.z),
-                                         rotation=Quaternion(x=q.x, y=q.y, z=q.z, w=q.w)))
-
-
 def header_stamp_ns(data: bytes) -> int:
     """Header stamp (ns) of a CDR message whose first field is std_msgs/Header, read in place.
 
@@ -76,11 +65,12 @@ def _strip(frame: str) -> str:
 
 
 def _truth_matrix(msgtype: str, msg: Any) -> tuple[int, str, Any]:
+    from ..ros.conversions import pose_to_matrix, transform_to_matrix
+
     if msgtype.endswith("PoseWithCovarianceStamped"):
         return _stamp_ns(msg.header.stamp), msg.header.frame_id, pose_to_matrix(msg.pose.pose)
     if msgtype.endswith("PoseStamped"):
         return _stamp_ns(msg.header.stamp), msg.header.frame_id, pose_to_matrix(msg.pose)
-    from ..ros.conversions import transform_to_matrix
 
     return _stamp_ns(msg.header.stamp), msg.header.frame_id, transform_to_matrix(msg.transform)
 

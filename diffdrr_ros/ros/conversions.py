@@ -148,6 +148,13 @@ def transform_to_matrix(t: Transform) -> torch.Tensor:
     return make_transform(quaternion_to_matrix(q), trans)
 
 
+def pose_to_matrix(pose: Pose) -> torch.Tensor:
+    """geometry_msgs/Pose (metres) -> 4x4 float64 in mm (the inverse of :func:`matrix_to_pose`)."""
+    p, q = pose.position, pose.orientation
+    return transform_to_matrix(Transform(translation=Vector3(x=p.x, y=p.y, z=p.z),
+                                         rotation=Quaternion(x=q.x, y=q.y, z=q.z, w=q.w)))
+
+
 def xyz_rpy_to_matrix(xyz_m: list[float], rpy_rad: list[float]) -> torch.Tensor:
     """A URDF-style ``x y z`` (m) ``roll pitch yaw`` (rad) transform -> 4x4 float64 in mm."""
     rot = rpy_to_matrix(*(float(v) for v in rpy_rad))

@@ -532,7 +532,8 @@ class RegistrationGlue:
                     planes: list[View], latency: float) -> dict[str, str]:
         """The diagnostics values of a registered frame."""
         return {
-            "mode": start.mode, "similarity": f"{result.similarity:.5f}", "zncc": f"{result.zncc:.5f}",
+            "stamp": f"{frame.stamp:.6f}", "mode": start.mode, "similarity": f"{result.similarity:.5f}",
+            "zncc": f"{result.zncc:.5f}",
             "views": str(len(result.view_zncc)), "view_spread_deg": f"{self._spread_deg(frame, kept):.1f}",
             "biplane_pair": str(bool(planes)), "view_zncc": " ".join(f"{z:.4f}" for z in result.view_zncc),
             "iterations": str(result.iterations), "latency_ms": f"{latency * 1000:.1f}",

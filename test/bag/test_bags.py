@@ -39,7 +39,7 @@ from tf2_msgs.msg import TFMessage  # noqa: E402
 
 from diffdrr_ros.bag import BagError, record_messages  # noqa: E402
 from diffdrr_ros.bag.common import ensure_type, message_class, parse_remaps  # noqa: E402
-from diffdrr_ros.bag.scoring import header_stamp_ns, pose_to_matrix, score_bag  # noqa: E402
+from diffdrr_ros.bag.scoring import header_stamp_ns, score_bag  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bag_peer  # noqa: E402
@@ -297,12 +297,6 @@ def test_small_helpers() -> None:
         parse_remaps(["/a=/b"])
     for i in (0, 3):
         assert header_stamp_ns(serialize_message(image(i))) == (100 + i) * S + 250_000_000
-    pose = PoseStamped().pose
-    pose.position.x, pose.position.y, pose.position.z = 0.1, -0.2, 0.3
-    pose.orientation.z, pose.orientation.w = math.sin(0.25), math.cos(0.25)
-    m = pose_to_matrix(pose).numpy()
-    assert np.allclose(m[:3, 3], [100.0, -200.0, 300.0])
-    assert np.allclose(m[:3, :3], [[math.cos(0.5), -math.sin(0.5), 0], [math.sin(0.5), math.cos(0.5), 0], [0, 0, 1]])
 
 
 def test_cli_has_bag_commands() -> None:

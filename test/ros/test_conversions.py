@@ -1,5 +1,7 @@
 """Message conversions at the ROS boundary (images, transforms, joint states)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,9 @@ from diffdrr_ros.ros.conversions import (
     image_to_pixels,
     joints_from_message,
     joints_to_message,
+    matrix_to_pose,
     matrix_to_transform,
+    pose_to_matrix,
     prior_from_parameters,
     transform_to_matrix,
     xyz_rpy_to_matrix,
@@ -68,6 +72,13 @@ def test_transform_round_trip_in_metres():
     msg = matrix_to_transform(tf)
     assert msg.translation.x == pytest.approx(0.1) and msg.translation.y == pytest.approx(-0.25)
     torch.testing.assert_close(transform_to_matrix(msg), tf)
+    torch.testing.assert_close(pose_to_matrix(matrix_to_pose(tf)), tf)
+    pose = matrix_to_pose(torch.eye(4, dtype=torch.float64))
+    pose.position.x, pose.position.y, pose.position.z = 0.1, -0.2, 0.3
+    pose.orientation.z, pose.orientation.w = math.sin(0.25), math.cos(0.25)  # 0.5 rad about z
+    m = pose_to_matrix(pose).numpy()
+    assert np.allclose(m[:3, 3], [100.0, -200.0, 300.0])
+    assert np.allclose(m[:3, :3], [[math.cos(0.5), -math.sin(0.5), 0], [math.sin(0.5), math.cos(0.5), 0], [0, 0, 1]])
 
 
 def test_joint_states():
