@@ -68,10 +68,11 @@ PARAMS: list[Param] = [
     Param("registration.max_iterations", 150, "iteration limit per pyramid level", False, (1, 10000)),
     Param("registration.pyramid", [2, 1], "detector downsampling factors for the first frame, coarse to fine (the "
           "search runs first on a ~16 px image)"),
-    Param("registration.tracking_pyramid", [2, 1], "pyramid for tracking frames (start from the last good pose)"),
-    Param("registration.tracking_optimizer", "adam", "optimiser of tracking frames: adam (as the first frame's) or lm "
-          "(Levenberg-Marquardt on the analytic pose Jacobian: a handful of steps, 2.5x faster frame-to-TF; CPU "
-          "kernels, else Adam; not the default yet: after skipped frames it once ended 3 mm off, see docs/results.md)"),
+    Param("registration.tracking_pyramid", [1], "pyramid for tracking frames (start from the last good pose; "
+          "[2, 1] with tracking_optimizer adam)"),
+    Param("registration.tracking_optimizer", "lm", "optimiser of tracking frames: lm (Levenberg-Marquardt on the "
+          "analytic pose Jacobian: 5-10 steps; CPU kernels, else Adam) or adam (as the first frame's, 100-200 steps); "
+          "a tracking result below the last frame's similarity is registered again with the wide search"),
     Param("registration.tracking_step_scale", 0.5, "step sizes of tracking frames relative to the first frame's "
           "(they start close)", False, (1e-3, 1.0)),
     Param("registration.max_similarity_drop", 0.002, "tracking quality gate: reject a ZNCC this far below the median "

@@ -31,7 +31,7 @@ STYLE = XRayStyle(blur_sigma_px=0.0)  # the DRR does not model detector blur (ye
 NODE_PARAMS = {
     "ct_path": "phantom:head_small", "device": "cpu", "detector.height": H, "detector.width": W,
     "detector.pixel_spacing_mm": [8.0, 8.0], "image.i0": STYLE.i0, "registration.pyramid": [4, 2, 1],
-    "registration.tracking_pyramid": [2, 1], "registration.init_search_first_frame": False,
+    "registration.init_search_first_frame": False,
     # The bag pipeline is under test here, on a sweep of a few degrees; the known-pose gate, which holds
     # single-angle poses back from /tf, has its own tests (test_multiview_node.py).
     "gate.allow_unresolved_depth": True,

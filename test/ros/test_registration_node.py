@@ -49,7 +49,6 @@ NODE_PARAMS = {
     "detector.sid_mm": 750.0,
     "image.i0": I0,
     "registration.pyramid": [4, 2, 1],
-    "registration.tracking_pyramid": [2, 1],
     "registration.init_search_first_frame": False,
     "registration.min_similarity": 0.95,
     # This module tests the pipeline and bad input on single frames; the known-pose gate (depth from
