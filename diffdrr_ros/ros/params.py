@@ -21,6 +21,7 @@ class Param:
     description: str
     read_only: bool = False
     range: tuple[float, float] | None = None
+    choices: tuple[str, ...] | None = None  # the values a string parameter may take
 
     def descriptor(self) -> ParameterDescriptor:
         d = ParameterDescriptor(description=self.description, read_only=self.read_only)
@@ -86,6 +87,10 @@ PARAMS: list[Param] = [
     Param("registration.scale_uncertainty", 0.003, "relative magnification error the DRR's physics may leave "
           "(0.003: 0.3 % of size, 2.3 mm of depth at SID 750 mm); one view cannot tell it from depth",
           False, (0.0, 0.1)),
+    Param("registration.covariance_jacobian", "fd", "the covariance's Jacobian: fd (central differences at the "
+          "scale of the sigmas, 13 DRRs per view; calibrated) or analytic (the kernels' pose Jacobian, one pass per "
+          "view, CPU; 5-30 % smaller sigmas, i.e. more optimistic; bench/bench_covariance.py)",
+          choices=("fd", "analytic")),
     # What may go on /tf: a pose that is known, per axis
     Param("gate.max_target_sigma_mm", 1.0, "publish on /tf only when the predicted 1-sigma error of the CT's 27 "
           "targets is below this along every camera axis (in plane and along the beam)", False, (0.0, 1000.0)),
@@ -143,11 +148,19 @@ PARAMS: list[Param] = [
     Param("topics.joint_states", "carm/joint_states", "C-arm and table joints (sensor_msgs/JointState)", True),
     Param("qos.image_reliability", "best_effort", "image subscription reliability: best_effort or reliable", True),
     # Outputs
-    Param("overlay.mode", "edges", "overlay style: edges or blend"),
+    Param("overlay.mode", "edges", "overlay style: edges or blend", choices=("edges", "blend")),
     Param("diagnostics_period_s", 1.0, "diagnostics publishing period, s", True, (0.05, 60.0)),
 ]
 
 PARAMS_BY_NAME = {p.name: p for p in PARAMS}
+
+
+def check_choices(values: dict[str, Any]) -> None:
+    """Raise ``ValueError`` for a value outside its parameter's ``choices`` (names without choices pass)."""
+    for name, value in values.items():
+        p = PARAMS_BY_NAME.get(name)
+        if p is not None and p.choices is not None and value not in p.choices:
+            raise ValueError(f"{name} must be one of {', '.join(p.choices)}, got {value!r}")
 
 
 def _yaml_value(v: Any) -> str:
@@ -172,6 +185,7 @@ def render_yaml() -> str:
     for p in PARAMS:
         note = " [read-only]" if p.read_only else ""
         rng = f" (range {p.range[0]}..{p.range[1]})" if p.range else ""
+        rng += f" (one of {', '.join(p.choices)})" if p.choices else ""
         lines.append(f"    # {p.description}{rng}{note}")
         lines.append(f"    {p.name}: {_yaml_value(p.default)}")
     return "\n".join(lines) + "\n"

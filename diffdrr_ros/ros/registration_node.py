@@ -75,7 +75,7 @@ from .conversions import (
     stamped_transform,
     xyz_rpy_to_matrix,
 )
-from .params import PARAMS
+from .params import PARAMS, check_choices
 from .qos import TF_QOS, TF_STATIC_QOS
 from .runtime import StartupError, load_ct, run_node
 
@@ -183,6 +183,11 @@ class RegistrationGlue:
 
     def _configure(self) -> None:
         """Load the CT and build everything but the inputs; raises :class:`StartupError`."""
+        try:  # settings that would fail every frame fail the start instead
+            check_choices({p.name: self._p(p.name) for p in PARAMS if p.choices})
+            self._config(tracking=True)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from exc
         self.joint_names = JointNames(
             lao=self._p("joints.lao"), cranial=self._p("joints.cranial"),
             detector_rotation=self._p("joints.detector_rotation"), sdd=self._p("joints.sdd"),
@@ -324,8 +329,7 @@ class RegistrationGlue:
         try:
             self._config(overrides)
             self._config(overrides, tracking=True)
-            if "overlay.mode" in overrides and overrides["overlay.mode"] not in ("edges", "blend"):
-                raise ValueError("overlay.mode must be edges or blend")
+            check_choices(overrides)
         except (ValueError, TypeError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
@@ -730,7 +734,8 @@ class RegistrationGlue:
             cov = pose_covariance(self.registrar, frame.fixed, result.pose, frame.mask, steps=self._covariance_steps,
                                   compare=self.registrar.config.compare,
                                   views=planes + self.window.as_views(kept, frame.joints),
-                                  scale_uncertainty=self._p("registration.scale_uncertainty"))
+                                  scale_uncertainty=self._p("registration.scale_uncertainty"),
+                                  jacobian=self._p("registration.covariance_jacobian"))
         except (ValueError, RuntimeError) as exc:
             self.get_logger().warning(f"pose covariance not computed ({exc}); publishing zeros (unknown)")
             return None

@@ -246,6 +246,8 @@ def test_services_and_runtime_parameters(system):
         return fut.result().results[0]
 
     assert set_param("registration.optimizer", "sgd-magic").successful is False
+    assert set_param("registration.covariance_jacobian", "autodiff").successful is False  # not in its choices
+    assert set_param("overlay.mode", "sparkles").successful is False
     assert set_param("ct_path", "/elsewhere").successful is False  # read-only: needs a restart
     assert set_param("registration.min_similarity", 0.9).successful is True
     tf = _register_good(client, scene, 500)  # after reregister: full registration from the joints
@@ -273,14 +275,19 @@ def test_detector_follows_the_sdd_in_the_joint_state(system):
     assert scene.mtre(client.tf_for(620), back) < 2.0
 
 
-def test_unreadable_ct_is_a_clear_fatal_error(tmp_path):
-    bad = tmp_path / "nothing_here.nii.gz"
+@pytest.mark.parametrize("param,says", [
+    ("ct_path:={tmp}/nothing_here.nii.gz", "cannot load CT"),
+    ("registration.covariance_jacobian:=autodiff", "registration.covariance_jacobian must be one of fd, analytic"),
+    ("registration.tracking_optimizer:=sgd-magic", "sgd-magic"),
+])
+def test_unusable_settings_are_a_clear_fatal_error(tmp_path, param, says):
+    """Settings that would fail every frame fail the start: one line, exit code 1, no traceback."""
     out = subprocess.run(
-        [sys.executable, "-m", "diffdrr_ros.ros.registration_node", "--ros-args", "-p", f"ct_path:={bad}"],
+        [sys.executable, "-m", "diffdrr_ros.ros.registration_node", "--ros-args", "-p", param.format(tmp=tmp_path)],
         capture_output=True, text=True, timeout=60, cwd=REPO, env=dict(os.environ),
     )
     assert out.returncode == 1
-    assert "cannot load CT" in out.stderr and "Traceback" not in out.stderr + out.stdout
+    assert says in out.stderr and "Traceback" not in out.stderr + out.stdout
 
 
 def test_detector_from_camera_info_matches_the_intrinsic_matrix():

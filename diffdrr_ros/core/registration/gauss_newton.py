@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -48,40 +49,65 @@ def _eroded(mask: Tensor | None, similarity: str) -> Tensor | None:
     return (-torch.nn.functional.max_pool2d(-m.reshape(-1, 1, *m.shape[-2:]), 3, 1, 1)).reshape(m.shape) > 0.5
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A fixed frame's side of :func:`residuals`, computed once per frame and level: per feature
+    and view, the pixels used (mask, eroded for gradients) and the normalised values there."""
+
+    masks: list[Tensor]  # (h, w) bool, one per feature and view
+    values: list[Tensor]  # (n,) zero mean, unit variance
+
+
+def reference(fixed: Tensor, mask: Tensor | None, similarity: str, compare: str) -> Reference:
+    """``fixed``: ``(K, h, w)`` line integrals; ``mask``: ``(K, h, w)`` or None."""
+    ref = torch.exp(-fixed) if compare == "intensity" else fixed
+    m_all = _eroded(mask, similarity)
+    masks, values = [], []
+    for f in _features(ref, similarity):
+        for view in range(f.shape[0]):
+            m = torch.ones_like(f[view], dtype=torch.bool) if m_all is None else m_all[view]
+            ff = f[view][m]
+            masks.append(m)
+            values.append((ff - ff.mean()) / ff.std(unbiased=False).clamp_min(1e-12))
+    return Reference(masks, values)
+
+
 def residuals(
-    drr: Tensor, jac: Tensor | None, fixed: Tensor, mask: Tensor | None, similarity: str, compare: str
+    drr: Tensor, jac: Tensor | None, fixed: Tensor | Reference, mask: Tensor | None, similarity: str, compare: str
 ) -> tuple[Tensor, Tensor | None, float]:
     """Normalised residuals ``r = f_n - v_n`` (``R``), their Jacobian ``A = dv_n/dxi`` (``R x 6``), and the loss.
 
-    ``drr``, ``fixed``: ``(K, h, w)``; ``jac``: ``(K, h, w, 6)``, or None for the residuals and
-    loss alone (``A`` is then None); the loss is ``1 -`` the mean ZNCC of the features over
-    the views (``1 - similarity`` for zncc and gncc).
+    ``drr``, ``fixed``: ``(K, h, w)`` (``fixed`` also as its :func:`reference`, then ``mask`` is
+    not used); ``jac``: ``(K, h, w, 6)``, or None for the residuals and loss alone (``A`` is then
+    None); the loss is ``1 -`` the mean ZNCC of the features over the views (``1 - similarity``
+    for zncc and gncc).
     """
+    ref = fixed if isinstance(fixed, Reference) else reference(fixed, mask, similarity, compare)
     if compare == "intensity":
-        phi, ref = torch.exp(-drr), torch.exp(-fixed)
+        phi = torch.exp(-drr)
         dphi = None if jac is None else -phi[..., None] * jac
     else:
-        phi, dphi, ref = drr, jac, fixed
-    k = drr.shape[0]
-    m_all = _eroded(mask, similarity)
-    rs, jacs, loss, count = [], [], 0.0, 0
-    # Linear: the features of each Jacobian channel are the channel's features.
-    dfeat = None if dphi is None else [_features(dphi[..., i], similarity) for i in range(6)]
-    for j, (v, f) in enumerate(zip(_features(phi, similarity), _features(ref, similarity), strict=True)):
+        phi, dphi = drr, jac
+    k, h, w = drr.shape
+    feats = _features(phi, similarity)
+    # Linear: the features of the Jacobian's channels are the channels' features (all six in one batch).
+    dfeat = None if dphi is None else [
+        d.reshape(k, 6, h, w) for d in _features(dphi.permute(0, 3, 1, 2).reshape(k * 6, h, w), similarity)]
+    rs, jacs, loss = [], [], 0.0
+    for j, v in enumerate(feats):
         for view in range(k):
-            m = torch.ones_like(v[view], dtype=torch.bool) if m_all is None else m_all[view]
-            vv, ff = v[view][m], f[view][m]
-            sv, sf = vv.std(unbiased=False).clamp_min(1e-12), ff.std(unbiased=False).clamp_min(1e-12)
-            vn, fn = (vv - vv.mean()) / sv, (ff - ff.mean()) / sf
+            m, fn = ref.masks[j * k + view], ref.values[j * k + view]
+            vv = v[view][m]
+            sv = vv.std(unbiased=False).clamp_min(1e-12)
+            vn = (vv - vv.mean()) / sv
             n = vv.numel()
             scale = 1.0 / math.sqrt(2 * n)  # |r|^2 = 1 - ZNCC per feature and view
             rs.append((fn - vn) * scale)
             if dfeat is not None:
-                dv = torch.stack([dfeat[i][j][view][m] for i in range(6)], -1)  # n 6
+                dv = dfeat[j][view][:, m].T  # n 6
                 jacs.append((dv - dv.mean(0) - vn[:, None] * (vn[:, None] * dv).mean(0)) / sv * scale)
             loss += float(((fn - vn) ** 2).sum()) / (2 * n)
-            count += 1
-    return torch.cat(rs), None if dfeat is None else torch.cat(jacs), loss / count
+    return torch.cat(rs), None if dfeat is None else torch.cat(jacs), loss / len(ref.values)
 
 
 def _decrement(r: Tensor, a: Tensor) -> float:
@@ -132,6 +158,9 @@ def lm_refine(
     def pivot_of(p: Tensor) -> Tensor:  # the CT centre in the reference camera, the steps' pivot
         return p[:3, :3] @ center + p[:3, 3]
 
+    refs = {id(g): reference(g.fixed.cpu().to(torch.float64), None if g.mask is None else g.mask.cpu(), similarity,
+                             compare) for g in groups}
+
     def evaluate(p: Tensor, want_jacobian: bool = True) -> tuple[Tensor, Tensor | None, float]:
         pivot = pivot_of(p)
         rs, jacs, losses, weights = [], [], [], []
@@ -144,8 +173,7 @@ def lm_refine(
             drr, jac = render_with_pose_jacobian(volume, poses, det, pivots, settings, want_jacobian)
             if jac is not None:  # d/dxi_ref = d/dxi_k @ blockdiag(R, R): the reference step seen from view k's camera
                 jac = torch.cat([jac[..., :3] @ rot[:, None], jac[..., 3:] @ rot[:, None]], -1)
-            r, a, loss = residuals(drr, jac, g.fixed.cpu().to(torch.float64),
-                                   None if g.mask is None else g.mask.cpu(), similarity, compare)
+            r, a, loss = residuals(drr, jac, refs[id(g)], None, similarity, compare)
             rs.append(r)
             jacs.append(a)
             losses.append(loss)
@@ -196,4 +224,4 @@ def lm_refine(
     return pose, loss, it, reason
 
 
-__all__ = ["LM_SIMILARITIES", "lm_refine", "residuals"]
+__all__ = ["LM_SIMILARITIES", "Reference", "lm_refine", "reference", "residuals"]
