@@ -103,6 +103,14 @@ PARAMS: list[Param] = [
           "every kept view; a nearer one replaces it", False, (0.0, 180.0)),
     Param("multiview.max_age_s", 60.0, "views older than this are dropped (the patient is assumed still on the "
           "table in between; table motion comes from the joints)", False, (0.0, 86400.0)),
+    Param("multiview.patient_motion_mm", 0.1, "1 sigma the patient may move between two views taken at different "
+          "times, beside the drift (the covariance trusts an old view only to within it)", False, (0.0, 100.0)),
+    Param("multiview.min_drift_mm_per_s", 0.02, "the patient's drift rate assumed at least (the node measures it "
+          "from the frames' in-plane positions and takes the larger); times a view's age it is added to the above",
+          False, (0.0, 100.0)),
+    Param("multiview.max_view_motion_mm", 0.5, "a kept view joins a registration only while the patient may have "
+          "moved less than this since (the two above; at 30 deg, 0.5 mm of motion is ~1 mm of depth)", False,
+          (0.0, 100.0)),
     Param("multiview.max_view_shift_mm", 1.5, "views disagree (the patient moved; the window is reset) when the "
           "joint pose moves the CT's targets by more than this in an earlier view's image plane (where that view "
           "knows the pose well) from where it registered them", False, (0.0, 1000.0)),

@@ -548,6 +548,7 @@ class RegistrationGlue:
     def _remember(self, frame: Frame, result: RegistrationResult) -> None:
         """A registered frame: later frames track from it and, from other angles, register jointly with it."""
         with self._lock:
+            self.window.drift.add(frame.stamp, result.pose, frame.joints, self.registrar.center)
             self.window.add(WindowView(frame.fixed, None if frame.mask is None else torch.from_numpy(frame.mask),
                                        frame.joints, frame.stamp, result.view_zncc[0], result.pose))
             self.tracker.accept(result.pose, frame.joints, result.view_zncc[0])
@@ -581,7 +582,11 @@ class RegistrationGlue:
         w.max_views = self._p("multiview.max_views")
         w.min_separation_deg = self._p("multiview.min_separation_deg")
         w.max_age_s = self._p("multiview.max_age_s")
-        return w.others(frame.joints, frame.stamp)
+        kept = w.others(frame.joints, frame.stamp)
+        motion = w.motion_mm(kept, frame.stamp, self._p("multiview.patient_motion_mm"),
+                             self._p("multiview.min_drift_mm_per_s"))
+        # A view the patient may have moved away from by more than this adds more bias than information.
+        return [v for v, m in zip(kept, motion, strict=True) if m <= self._p("multiview.max_view_motion_mm")]
 
     @staticmethod
     def _spread_deg(frame: Frame, kept: list[WindowView]) -> float:
@@ -735,15 +740,25 @@ class RegistrationGlue:
                                   compare=self.registrar.config.compare,
                                   views=planes + self.window.as_views(kept, frame.joints),
                                   scale_uncertainty=self._p("registration.scale_uncertainty"),
-                                  jacobian=self._p("registration.covariance_jacobian"))
+                                  jacobian=self._p("registration.covariance_jacobian"),
+                                  view_motion_mm=[0.0] * len(planes) + self._view_motion(frame, kept))
         except (ValueError, RuntimeError) as exc:
             self.get_logger().warning(f"pose covariance not computed ({exc}); publishing zeros (unknown)")
             return None
         self._covariance_steps = cov.steps
         sig = cov.target_sigma_mm(self.registrar.targets)
+        with self._lock:
+            drift = self.window.drift.rate_mm_per_s(frame.stamp)
         info.update(sigma_inplane_mm=f"{float(sig[:2].max()):.3f}", sigma_depth_mm=f"{float(sig[2]):.3f}",
-                    sigma_rotation_deg=f"{float(cov.sigma_deg.max()):.4f}")
+                    sigma_rotation_deg=f"{float(cov.sigma_deg.max()):.4f}",
+                    patient_drift_mm_per_s="not measured yet" if drift is None else f"{drift:.3f}")
         return cov
+
+    def _view_motion(self, frame: Frame, kept: list[WindowView]) -> list[float]:
+        """1 sigma (mm) the patient may have moved since each kept view (a biplane partner: at once, 0)."""
+        with self._lock:  # (the drift may have been updated since _window_views: the same rule, now)
+            return self.window.motion_mm(kept, frame.stamp, self._p("multiview.patient_motion_mm"),
+                                         self._p("multiview.min_drift_mm_per_s"))
 
     def _ros_covariance(self, cov: PoseCovariance | None, frame: Frame) -> list[float]:
         """Row-major 6 x 6 for ``~/ct_pose`` (REP-103 units, isocentre axes); zeros = unknown."""

@@ -21,7 +21,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..geometry.kinematics import CArmJoints, beam_separation_rad, camera_motion, initial_pose, propagate_pose
+from ..geometry.kinematics import (
+    CArmJoints,
+    beam_separation_rad,
+    cam_from_iso,
+    camera_motion,
+    initial_pose,
+    propagate_pose,
+    table_transform,
+)
+from ..geometry.rotations import invert_transform
 from ..metrics.pose_error import inplane_depth_error
 from .views import View, view_from_joints
 
@@ -124,6 +133,53 @@ class WindowView:
 
 
 @dataclass
+class PatientDrift:
+    """How fast the patient moves on the table, measured from the registered frames themselves.
+
+    The angle history assumes a still patient; a view ``age`` seconds old is trusted to
+    ``motion_mm + rate * age`` (1 sigma, see :func:`.uncertainty.pose_covariance`). A slow
+    drift is invisible to the views' agreement test: two views 25 deg apart turn a 1 mm drift
+    into ~2.4 mm of depth while each view's own image plane moves by much less. It is visible
+    in the frames' own in-plane positions: each registered frame gives the CT centre in the
+    table frame, exact in its image plane; two frames at least ``min_span_s`` apart from
+    nearly one angle (``max_angle_deg``; their depth errors then do not enter) give the
+    in-plane displacement per second, scaled by ``sqrt(3/2)`` to a 3-D speed (isotropic).
+    """
+
+    min_span_s: float = 4.0
+    max_age_s: float = 30.0
+    max_angle_deg: float = 10.0
+    records: deque = field(default_factory=lambda: deque(maxlen=64))  # (stamp s, centre mm, beam), table frame
+
+    def add(self, stamp: float, pose: Float[Tensor, "4 4"], joints: CArmJoints, center_ct: Float[Tensor, " 3"]) -> None:
+        """A registered frame: ``pose`` is its ``T_cam_ct`` at ``joints``; ``center_ct`` the CT centre (mm)."""
+        table_cam = invert_transform(cam_from_iso(joints) @ table_transform(joints))
+        table_ct = table_cam @ pose.to(torch.float64)
+        centre = table_ct[:3, :3] @ center_ct.to(torch.float64) + table_ct[:3, 3]
+        self.records.append((float(stamp), centre, table_cam[:3, 2].clone()))
+
+    def rate_mm_per_s(self, now: float) -> float | None:
+        """The drift speed (mm/s) from the newest frame and the oldest same-angle one, or None (too few)."""
+        recent = [r for r in self.records if now - r[0] <= self.max_age_s]
+        if len(recent) < 2:
+            return None
+        t_new, c_new, u_new = recent[-1]
+        for t_old, c_old, u_old in recent[:-1]:  # oldest first: the longest span, the least noise per second
+            if t_new - t_old < self.min_span_s:
+                return None
+            if float(u_new @ u_old) < math.cos(math.radians(self.max_angle_deg)):
+                continue
+            beam = (u_new + u_old) / float((u_new + u_old).norm())
+            d = c_new - c_old
+            d = d - (d @ beam) * beam  # in plane only: the depth of either frame is the uncertain part
+            return float(d.norm()) * math.sqrt(1.5) / (t_new - t_old)
+        return None
+
+    def clear(self) -> None:
+        self.records.clear()
+
+
+@dataclass
 class ViewWindow:
     """Recent registered frames from different C-arm angles (the node's angle history).
 
@@ -138,6 +194,7 @@ class ViewWindow:
     min_separation_deg: float = 15.0
     max_age_s: float = 60.0
     views: list[WindowView] = field(default_factory=list)
+    drift: PatientDrift = field(default_factory=PatientDrift)  # every registered frame, kept as a view or not
 
     def _prune(self, stamp: float) -> None:
         self.views = [v for v in self.views if stamp - v.stamp <= self.max_age_s and v.stamp <= stamp]
@@ -169,8 +226,17 @@ class ViewWindow:
         """The largest beam separation (deg) between ``joints`` and a kept view (0 when none)."""
         return max((math.degrees(beam_separation_rad(v.joints, joints)) for v in self.views), default=0.0)
 
+    def motion_mm(self, kept: list[WindowView], stamp: float, motion_mm: float,
+                  min_rate_mm_per_s: float) -> list[float]:
+        """How far (1 sigma, mm) the patient may have moved since each of ``kept``, for a frame at ``stamp`` (s):
+        ``motion_mm`` plus the drift rate (measured, at least ``min_rate_mm_per_s``) times the view's age."""
+        rate = max(min_rate_mm_per_s, self.drift.rate_mm_per_s(stamp) or 0.0)
+        return [motion_mm + rate * max(0.0, stamp - v.stamp) for v in kept]
+
     def clear(self) -> None:
+        """Forget the views and the drift (the patient moved, or the geometry changed)."""
         self.views = []
+        self.drift.clear()
 
 
 @dataclass(frozen=True)
@@ -231,6 +297,7 @@ __all__ = [
     "FrameStart",
     "KnownPoseGate",
     "LostTrackGate",
+    "PatientDrift",
     "Tracker",
     "ViewWindow",
     "WindowView",

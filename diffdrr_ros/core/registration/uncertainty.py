@@ -70,7 +70,8 @@ class PoseCovariance:
             (reference view).
         pixels: pixels used, all views.
         views: how many views it combines.
-        statistical: ``cov`` without the systematic magnification term (noise and residuals only).
+        statistical: ``cov`` from noise and residuals only (without the systematic magnification
+            term and the patient's motion between views).
     """
 
     cov: Float[Tensor, "6 6"]
@@ -79,7 +80,7 @@ class PoseCovariance:
     residual_std: float
     pixels: int
     views: int = 1
-    statistical: Float[Tensor, "6 6"] | None = None  # without the systematic scale term (None: same as cov)
+    statistical: Float[Tensor, "6 6"] | None = None  # noise and residuals only (None: same as cov)
 
     def target_sigma_mm(self, points_ct: Float[Tensor, "P 3"]) -> Float[Tensor, " 3"]:
         """Predicted 1-sigma error of the targets along camera x, y (in plane) and z (the beam), mm (rms over targets).
@@ -154,6 +155,7 @@ def pose_covariance(
     correlated: bool = True,
     scale_uncertainty: float = 0.0,
     jacobian: str = "fd",
+    view_motion_mm: Sequence[float] = (),
 ) -> PoseCovariance:
     """Covariance of the registered ``pose`` (``T_cam_ct``) given the ``fixed`` frame (and more ``views``).
 
@@ -172,6 +174,10 @@ def pose_covariance(
     from depth; views from other angles resolve it. ``jacobian``: ``"fd"`` (central differences,
     the calibrated default) or ``"analytic"`` (the kernels' pose Jacobian: one pass a view instead
     of 13 DRRs, no second pass; CPU; ``"auto"``: analytic on the CPU, else fd).
+    ``view_motion_mm``: per view of ``views`` (in order; missing ones 0), how far (1 sigma, mm,
+    isotropic) the patient may have moved between that view and ``fixed``: the view then
+    constrains the pose only to within that (views taken apart in time, e.g. the node's angle
+    history; a biplane partner taken at once has 0).
     """
     if jacobian == "auto":
         jacobian = "analytic" if registrar.device.type == "cpu" else "fd"
@@ -200,7 +206,7 @@ def pose_covariance(
     steps = steps.to(torch.float64).cpu().clamp(MIN_STEPS, MAX_STEPS)
     for _ in range(passes):  # the second pass with steps at the scale of the first answer's sigmas
         cov, stat, s2 = _gauss_newton(registrar, pose, center_cam, normalised, masks, rel, steps, compare, correlated,
-                                      scale_uncertainty, detectors, jacobian)
+                                      scale_uncertainty, detectors, jacobian, [0.0, *view_motion_mm])
         steps = stat.diagonal().sqrt().clamp(MIN_STEPS, MAX_STEPS)
     return PoseCovariance(cov.cpu(), pose, center, residual_std=s2**0.5, pixels=int(sum(int(m.sum()) for m in masks)),
                           views=len(frames), statistical=stat.cpu())
@@ -309,15 +315,16 @@ def _view_jacobians(
 def _gauss_newton(
     registrar: Registrar, pose: Tensor, center_cam: Tensor, f_n: list[Tensor], masks: list[Tensor],
     rel: list[Tensor | None], steps: Tensor, compare: str, correlated: bool = True, scale_uncertainty: float = 0.0,
-    detectors: list[Detector | None] | None = None, jacobian: str = "fd",
+    detectors: list[Detector | None] | None = None, jacobian: str = "fd", motion_mm: Sequence[float] = (),
 ) -> tuple[Tensor, Tensor, float]:
-    """The views' covariance with and without the systematic scale term; the reference view's ``s^2``.
+    """The views' covariance with and without the systematic terms (scale, motion); the reference view's ``s^2``.
 
     Statistical part: ``(sum_k C_k^-1)^-1`` with, per view, ``C_k = A_k^-1 B_k A_k^-1``,
     ``A_k = w_k J_k^T J_k``, ``B_k = w_k J_k^T R_k J_k``, ``w_k = a_k^2 / s_k^2``: ``J_k`` from
     :func:`_view_jacobians`, ``R_k`` the residual correlation (:func:`residual_correlation`; the
     identity when not ``correlated``: the sandwich form of a least-squares fit with correlated
-    residuals). Systematic part: a relative magnification error ``scale_uncertainty`` common to
+    residuals); a view the patient may have moved since by ``motion_mm[k]`` (1 sigma, isotropic
+    translation ``M_k``) adds ``(sum I)^-1 (sum_k I_k M_k I_k) (sum I)^-1``. Systematic part: a relative magnification error ``scale_uncertainty`` common to
     all views (the same physics) would move view ``k``'s own estimate along its beam ``u_k`` by
     ``eps D_k``; the joint estimate moves by ``delta = (sum I_k)^-1 sum I_k D_k u_k`` times eps
     (``I_k = C_k^-1``), added as ``eps^2 delta delta^T``. For one view ``delta = D u`` (all of it
@@ -327,7 +334,8 @@ def _gauss_newton(
     views = _view_jacobians(registrar, pose, center_cam, rel, steps, compare, masks, detectors or [None] * len(rel),
                             jacobian)
     sid = float(registrar.detector.sid)
-    stat_info = torch.zeros(6, 6, dtype=torch.float64)
+    stat_info = torch.zeros(6, 6, dtype=torch.float64)  # noise and residuals: how the views are weighed
+    motion_meat = torch.zeros(6, 6, dtype=torch.float64)  # sum_k I_k M_k I_k: the patient's motion since view k
     pull = torch.zeros(6, dtype=torch.float64)  # sum_k I_k (D_k u_k): where a common scale error pulls the views
     s2_ref = 0.0
     for k, (f, m, (d0, jac)) in enumerate(zip(f_n, masks, views, strict=True)):
@@ -345,6 +353,10 @@ def _gauss_newton(
         cov_k = cov_k.cpu()
         info_k = torch.linalg.pinv(0.5 * (cov_k + cov_k.T), hermitian=True)
         stat_info = stat_info + info_k
+        motion = float(motion_mm[k]) if k < len(motion_mm) else 0.0
+        if motion > 0:  # the patient may have moved since this view: its estimate is off by that, isotropically
+            m_k = motion**2 * torch.diag(torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64))
+            motion_meat = motion_meat + info_k @ m_k @ info_k
         # A magnification error eps makes view k alone see the pose moved by eps * D_k along its beam u_k
         # (D_k: source to CT centre), in the reference camera's axes.
         k_from_ref = torch.eye(4, dtype=torch.float64) if rel[k] is None else rel[k].cpu()
@@ -355,9 +367,12 @@ def _gauss_newton(
         pull = pull + info_k @ (u * (sid_k + depth))
         s2_ref = s2 if k == 0 else s2_ref
     stat = torch.linalg.pinv(stat_info, hermitian=True)
+    # The joint fit weighs the views by their noise information I_k (it does not know of the motion):
+    # a motion error m_k of view k reaches the joint pose as (sum I)^-1 I_k m_k (a sandwich).
+    joint = stat + stat @ motion_meat @ stat
     # The same physics in every view: one common eps, so the views' pulls add up before the joint fit
     # weighs them (bias propagation): delta = (sum I_k)^-1 sum I_k D_k u_k. Views along one beam keep
     # the whole bias; views from other angles see each other's depth in plane and cancel it.
     delta = stat @ pull
-    cov = stat + scale_uncertainty**2 * torch.outer(delta, delta)
+    cov = joint + scale_uncertainty**2 * torch.outer(delta, delta)
     return 0.5 * (cov + cov.T), 0.5 * (stat + stat.T), s2_ref

@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from diffdrr_ros.core.geometry import CArmJoints, camera_motion, default_prior, initial_pose, propagate_pose
+from diffdrr_ros.core.geometry.kinematics import cam_from_iso
 from diffdrr_ros.core.metrics import target_points
 from diffdrr_ros.core.registration import (
     KnownPoseGate,
     LostTrackGate,
+    PatientDrift,
     Tracker,
     ViewWindow,
     WindowView,
@@ -108,6 +110,43 @@ def test_a_slow_sweep_spans_an_angle():
     assert [v.stamp for v in window.others(_joints(19.0), 61.0)] == []  # the first view expired
     window.add(WindowView(img, None, _joints(0.0), 61.0, 0.99))  # its angle is free again
     assert [v.stamp for v in window.views] == [16.0, 61.0]
+
+
+def test_patient_drift_from_the_frames_in_plane_positions():
+    """A patient drifting 0.2 mm/s across the beam: measured from frames at one angle (x sqrt(3/2) for
+    3-D); motion along the beam is not seen by one angle; too short a span or other angles give None."""
+    def pose_at(t, joints, velocity):
+        table_ct = default_prior(CENTER)
+        table_ct[:3, 3] += torch.tensor(velocity, dtype=torch.float64) * t
+        return initial_pose(joints, table_ct)
+
+    ap = CArmJoints(0.0, 0.0, table_mm=(0.0, 5.0, 0.0))
+    beam = torch.linalg.inv(cam_from_iso(ap))[:3, 2]  # the beam in the table frame
+    across = torch.linalg.cross(beam, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    across = across / across.norm() * 0.2
+    drift = PatientDrift()
+    for t in range(0, 11, 2):
+        drift.add(float(t), pose_at(t, ap, across.tolist()), ap, CENTER)
+    assert drift.rate_mm_per_s(10.0) == pytest.approx(0.2 * math.sqrt(1.5), rel=1e-6)
+    along = PatientDrift()
+    for t in range(0, 11, 2):
+        along.add(float(t), pose_at(t, ap, (0.2 * beam).tolist()), ap, CENTER)
+    assert along.rate_mm_per_s(10.0) == pytest.approx(0.0, abs=1e-9)
+    short = PatientDrift()
+    short.add(0.0, pose_at(0, ap, across.tolist()), ap, CENTER)
+    short.add(2.0, pose_at(2, ap, across.tolist()), ap, CENTER)
+    assert short.rate_mm_per_s(2.0) is None
+    turned = PatientDrift()
+    lao40 = CArmJoints(math.radians(40), 0.0)
+    turned.add(0.0, pose_at(0, ap, across.tolist()), ap, CENTER)
+    turned.add(6.0, pose_at(6, lao40, across.tolist()), lao40, CENTER)
+    assert turned.rate_mm_per_s(6.0) is None  # no two frames from one angle
+    window = ViewWindow(drift=drift)
+    kept = [WindowView(torch.zeros(4, 4, dtype=torch.float64), None, ap, 4.0, 0.99)]
+    assert window.motion_mm(kept, 10.0, 0.1, 0.02) == [pytest.approx(0.1 + 0.2 * math.sqrt(1.5) * 6.0)]
+    assert window.motion_mm(kept, 10.0, 0.1, 1.0) == [pytest.approx(0.1 + 6.0)]  # the floor rate
+    window.clear()
+    assert drift.rate_mm_per_s(10.0) is None
 
 
 def test_views_that_disagree_with_the_new_frame():

@@ -107,6 +107,25 @@ def test_covariance_says_one_view_leaves_the_depth_unknown_and_two_views_resolve
     assert float(white.target_sigma_mm(reg.targets)[2]) < float(one[2]) / 3
 
 
+def test_a_view_the_patient_may_have_moved_since_constrains_less(poly_scene):
+    """Two views 30 deg apart turn a patient motion m between them into ~m / sin(30 deg) of depth:
+    the joint fit weighs the views by their noise, so the motion it is told of enters as a sandwich."""
+    reg, joints, frames, _, single = poly_scene
+    second = view_from_joints(frames[1], joints[1], joints[0])
+    kw = dict(compare="intensity", scale_uncertainty=0.0)
+    one = float(pose_covariance(reg, frames[0], single.pose, **kw).target_sigma_mm(reg.targets)[2])
+
+    def depth(motion):
+        cov = pose_covariance(reg, frames[0], single.pose, views=[second], view_motion_mm=[motion], **kw)
+        return float(cov.target_sigma_mm(reg.targets)[2]), cov
+
+    still, base = depth(0.0)
+    moved, cov = depth(1.0)
+    assert still < one and moved > still + 0.5  # 1 mm of motion: ~1-2 mm more depth at 30 deg
+    assert depth(5.0)[0] > one  # the fit still uses the moved view: worse than one view alone
+    torch.testing.assert_close(cov.statistical, base.statistical)  # the steps' scale: noise only
+
+
 def test_a_view_on_another_detector_biplane():
     """A biplane's second panel has its own intrinsics: rendered in its own batch, same pose found."""
     reg = Registrar(make_phantom("head_tiny"), DET, RegistrationConfig(**FAST), device="cpu")
