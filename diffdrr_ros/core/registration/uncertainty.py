@@ -326,9 +326,10 @@ def _gauss_newton(
     residuals); a view the patient may have moved since by ``motion_mm[k]`` (1 sigma, isotropic
     translation ``M_k``) adds ``(sum I)^-1 (sum_k I_k M_k I_k) (sum I)^-1``. Systematic part: a
     relative magnification error ``scale_uncertainty`` common to all views (the same physics)
-    would move view ``k``'s own estimate along its beam ``u_k`` by ``eps D_k``; the joint estimate moves by ``delta = (sum I_k)^-1 sum I_k D_k u_k`` times eps
-    (``I_k = C_k^-1``), added as ``eps^2 delta delta^T``. For one view ``delta = D u`` (all of it
-    along the beam); for one view with white residuals and no scale term this is
+    would move view ``k``'s own estimate along its beam ``u_k`` by ``eps D_k``; the joint
+    estimate moves by ``delta = (sum I_k)^-1 sum I_k D_k u_k`` times eps (``I_k = C_k^-1``),
+    added as ``eps^2 delta delta^T``. For one view ``delta = D u`` (all of it along the beam);
+    for one view with white residuals and no scale term this is
     ``s^2 / a^2 (J^T J)^-1`` (the module docstring).
     """
     views = _view_jacobians(registrar, pose, center_cam, rel, steps, compare, masks, detectors or [None] * len(rel),
