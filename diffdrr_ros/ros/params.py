@@ -72,8 +72,9 @@ PARAMS: list[Param] = [
     Param("registration.tracking_pyramid", [1], "pyramid for tracking frames (start from the last good pose; "
           "[2, 1] with tracking_optimizer adam)"),
     Param("registration.tracking_optimizer", "lm", "optimiser of tracking frames: lm (Levenberg-Marquardt on the "
-          "analytic pose Jacobian: 5-10 steps; CPU kernels, else Adam) or adam (as the first frame's, 100-200 steps); "
-          "a tracking result below the last frame's similarity is registered again with the wide search"),
+          "analytic pose Jacobian: 5-10 steps; numba kernels on the CPU, numba-cuda on a GPU, else Adam) or adam "
+          "(as the first frame's, 100-200 steps); a tracking result below the last frame's similarity is "
+          "registered again with the wide search"),
     Param("registration.tracking_step_scale", 0.5, "step sizes of tracking frames relative to the first frame's "
           "(they start close)", False, (1e-3, 1.0)),
     Param("registration.max_similarity_drop", 0.002, "tracking quality gate: reject a ZNCC this far below the median "
@@ -89,7 +90,7 @@ PARAMS: list[Param] = [
           False, (0.0, 0.1)),
     Param("registration.covariance_jacobian", "fd", "the covariance's Jacobian: fd (central differences at the "
           "scale of the sigmas, 13 DRRs per view; calibrated) or analytic (the kernels' pose Jacobian, one pass per "
-          "view, CPU; 5-30 % smaller sigmas, i.e. more optimistic; bench/bench_covariance.py)",
+          "view; 5-30 % smaller sigmas, i.e. more optimistic; bench/bench_covariance.py)",
           choices=("fd", "analytic")),
     # What may go on /tf: a pose that is known, per axis
     Param("gate.max_target_sigma_mm", 1.0, "publish on /tf only when the predicted 1-sigma error of the CT's 27 "

@@ -18,6 +18,8 @@ Jacobian. With a detector blur the Jacobian follows the blur's chain rule (blur 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from jaxtyping import Float
@@ -25,7 +27,9 @@ from torch import Tensor
 
 from ..geometry.detector import Detector, detector_points_np
 from ..geometry.rotations import axis_angle_to_matrix, make_transform
+from . import cuda
 from .fused import trace_fused
+from .per_ray import sampling_args
 from .rays import grid_from_cam
 from .render import RenderSettings, VolumeLike, gaussian_blur
 
@@ -51,14 +55,28 @@ def render_with_pose_jacobian(
 ) -> tuple[Float[Tensor, "B H W"], Float[Tensor, "B H W 6"] | None]:
     """DRRs at ``pose`` (``T_cam_ct``) and ``d DRR / d xi`` for ``x' = R(w)(x - c) + c + t`` about ``pivot_cam``.
 
-    CPU volumes only (the numba kernels); the whole detector in one tile (tracking sizes).
-    ``settings``: method, sampling and the detector blur as for :func:`.render.render`.
-    ``want_jacobian=False``: the same DRRs alone (None for the Jacobian), from the same kernel
-    (a trial step of Levenberg-Marquardt needs only its loss).
+    On the volume's device: the fused numba kernels on the CPU, the numba-cuda kernels on a
+    GPU (:func:`pose_jacobian_on_rays`; ``requirements/gpu.txt``); the whole detector in one
+    tile (tracking sizes). ``settings``: method, sampling and the detector blur as for
+    :func:`.render.render`. ``want_jacobian=False``: the same DRRs alone (None for the
+    Jacobian), from the same kernel (a trial step of Levenberg-Marquardt needs only its loss).
+    Returned on the volume's device, float64.
     """
     settings = settings or RenderSettings()
-    if volume.data.device.type != "cpu":
-        raise ValueError("render_with_pose_jacobian runs on the CPU kernels; move the volume to the CPU")
+    device = volume.data.device
+    if device.type == "cpu":
+        image, jac = _fused_cpu(volume, pose, detector, pivot_cam, settings, want_jacobian)
+    elif cuda.ready(device):
+        image, jac = pose_jacobian_on_rays(volume, pose, detector, pivot_cam, settings, want_jacobian,
+                                           tracer=cuda.trace_rays)
+    else:
+        raise ValueError(f"the pose Jacobian on {device} needs the CUDA kernels (numba-cuda, requirements/gpu.txt)")
+    return _with_blur(image, jac, settings.blur_sigma_px)
+
+
+def _fused_cpu(volume: VolumeLike, pose: Tensor, detector: Detector, pivot_cam: Tensor, settings: RenderSettings,
+               want_jacobian: bool) -> tuple[Tensor, Tensor | None]:
+    """The CPU path: rays, kernel and the chain to the pose step in numba / NumPy (no torch fork-joins)."""
     pose = pose.to(torch.float64).cpu()
     m = np.ascontiguousarray(grid_from_cam(volume.affine, pose).numpy())  # B 4 4: camera -> grid
     a_ct_grid = np.ascontiguousarray(volume.affine[:3, :3].to(torch.float64).numpy())
@@ -67,10 +85,8 @@ def render_with_pose_jacobian(
                               settings.step_voxels, settings.reorder, want_jacobian)
     b, n_pix = m.shape[0], pixels.shape[0]
     h, w = detector.shape
+    image = torch.from_numpy(values).reshape(b, h, w)
     if not want_jacobian:
-        image = torch.from_numpy(values).reshape(b, h, w)
-        if settings.blur_sigma_px > 0:
-            image = -torch.log(gaussian_blur(torch.exp(-image), settings.blur_sigma_px).clamp_min(1e-30))
         return image, None
     jac = jac.reshape(b, n_pix, 6)
     m_lin = m[:, :3, :3]  # B 3 3
@@ -80,16 +96,68 @@ def render_with_pose_jacobian(
     out = np.empty((b, n_pix, 6))
     out[..., :3] = -(g_s + g_t)
     out[..., 3:] = np.cross(g_s, source[None, None, :] - c) + np.cross(g_t, pixels[None] - c)
-    image = torch.from_numpy(values).reshape(b, h, w)
-    jacobian = torch.from_numpy(out).reshape(b, h, w, 6)
-    if settings.blur_sigma_px > 0:  # DRR = -log blur(exp(-L)): dDRR = blur(exp(-L) dL) / blur(exp(-L))
-        i = torch.exp(-image)
-        blurred = gaussian_blur(i, settings.blur_sigma_px).clamp_min(1e-30)
-        weighted = (i[..., None] * jacobian).permute(0, 3, 1, 2).reshape(b * 6, h, w)
-        d_blur = gaussian_blur(weighted, settings.blur_sigma_px).reshape(b, 6, h, w).permute(0, 2, 3, 1)
-        image = -torch.log(blurred)
-        jacobian = d_blur / blurred[..., None]
-    return image, jacobian
+    return image, torch.from_numpy(out).reshape(b, h, w, 6)
 
 
-__all__ = ["render_with_pose_jacobian", "step_pose"]
+def pose_jacobian_on_rays(
+    volume: VolumeLike,
+    pose: Float[Tensor, "B 4 4"],
+    detector: Detector,
+    pivot_cam: Float[Tensor, "B 3"],
+    settings: RenderSettings,
+    want_jacobian: bool,
+    tracer: Callable[..., tuple[Tensor | np.ndarray, Tensor | np.ndarray | None]],
+) -> tuple[Float[Tensor, "B H W"], Float[Tensor, "B H W 6"] | None]:
+    """The same DRR and Jacobian in plain torch on the volume's device, around any end-point kernel.
+
+    ``tracer(method, data, src, tgt, want_jac, n_fixed, step)`` is :func:`.cuda.trace_rays` (the
+    GPU path) or :func:`.cpu.trace_rays` (then this is the readable reference of the fused CPU
+    path, tested against it). The chain, written out: ``O = S L`` with ``L = |A (t - s)|``, so
+    ``dO/ds = L dS/ds - S dL/dt``, ``dO/dt = L dS/dt + S dL/dt``, ``dL/dt = A^T A (t - s) / L``;
+    then to the camera points through ``M_lin`` and to the pose step as in the module docstring.
+    No blur (the caller applies it).
+    """
+    device = volume.data.device
+    pose = pose.to(device, torch.float64)
+    m = grid_from_cam(volume.affine, pose).to(device)  # B 4 4: camera -> grid
+    m_lin, m_t = m[:, :3, :3], m[:, :3, 3]
+    a = volume.affine[:3, :3].to(device, torch.float64)  # grid -> CT, linear
+    source, pixels = (torch.as_tensor(x, device=device) for x in detector_points_np(detector))
+    b, n_pix = m.shape[0], pixels.shape[0]
+    src = ((m_lin @ source) + m_t)[:, None, :].expand(b, n_pix, 3)  # B P 3, grid coordinates
+    tgt = pixels @ m_lin.transpose(1, 2) + m_t[:, None, :]
+    e = (tgt - src) @ a.T  # the ray in CT mm
+    length = e.norm(dim=-1)
+    n_fixed, step = sampling_args(settings.n_samples, settings.step_voxels)
+    s_val, jac_r = tracer(settings.method, volume.data, src.reshape(-1, 3).contiguous(),
+                          tgt.reshape(-1, 3).contiguous(), want_jacobian, n_fixed, step)
+    s_val = torch.as_tensor(s_val, device=device).reshape(b, n_pix)
+    h, w = detector.shape
+    image = (s_val * length).reshape(b, h, w)
+    if not want_jacobian:
+        return image, None
+    jac_r = torch.as_tensor(jac_r, device=device).reshape(b, n_pix, 6)
+    dl_dt = (e @ a) / length.clamp_min(1e-30)[..., None]  # B P 3
+    d_src = length[..., None] * jac_r[..., :3] - s_val[..., None] * dl_dt
+    d_tgt = length[..., None] * jac_r[..., 3:] + s_val[..., None] * dl_dt
+    g_s, g_t = d_src @ m_lin, d_tgt @ m_lin  # dO / d camera point
+    c = pivot_cam.to(device, torch.float64).reshape(b, 1, 3)
+    out = torch.cat([-(g_s + g_t), torch.linalg.cross(g_s, source - c) + torch.linalg.cross(g_t, pixels[None] - c)], -1)
+    return image, out.reshape(b, h, w, 6)
+
+
+def _with_blur(image: Tensor, jacobian: Tensor | None, sigma_px: float) -> tuple[Tensor, Tensor | None]:
+    """The detector PSF: ``DRR = -log blur(exp(-L))``, ``dDRR = blur(exp(-L) dL) / blur(exp(-L))``."""
+    if sigma_px <= 0:
+        return image, jacobian
+    i = torch.exp(-image)
+    blurred = gaussian_blur(i, sigma_px).clamp_min(1e-30)
+    if jacobian is None:
+        return -torch.log(blurred), None
+    b, h, w = image.shape
+    weighted = (i[..., None] * jacobian).permute(0, 3, 1, 2).reshape(b * 6, h, w)
+    d_blur = gaussian_blur(weighted, sigma_px).reshape(b, 6, h, w).permute(0, 2, 3, 1)
+    return -torch.log(blurred), d_blur / blurred[..., None]
+
+
+__all__ = ["pose_jacobian_on_rays", "render_with_pose_jacobian", "step_pose"]

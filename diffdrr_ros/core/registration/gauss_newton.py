@@ -110,10 +110,8 @@ def residuals(
     return torch.cat(rs), None if dfeat is None else torch.cat(jacs), loss / len(ref.values)
 
 
-def _decrement(r: Tensor, a: Tensor) -> float:
-    """How much a full Gauss-Newton step from here would lower ``|r|^2``: ``r^T A (A^T A)^-1 A^T r``."""
-    grad = a.T @ r
-    gram = a.T @ a
+def _decrement(gram: Tensor, grad: Tensor) -> float:
+    """How much a full Gauss-Newton step would lower ``|r|^2``: ``r^T A (A^T A)^-1 A^T r`` (``A^T A``, ``A^T r``)."""
     return float(grad @ torch.linalg.lstsq(gram, grad[:, None]).solution[:, 0])
 
 
@@ -158,8 +156,9 @@ def lm_refine(
     def pivot_of(p: Tensor) -> Tensor:  # the CT centre in the reference camera, the steps' pivot
         return p[:3, :3] @ center + p[:3, 3]
 
-    refs = {id(g): reference(g.fixed.cpu().to(torch.float64), None if g.mask is None else g.mask.cpu(), similarity,
-                             compare) for g in groups}
+    device = volume.data.device  # the images stay where the kernels ran; the 6-vectors live on the CPU
+    refs = {id(g): reference(g.fixed.to(device, torch.float64), None if g.mask is None else g.mask.to(device),
+                             similarity, compare) for g in groups}
 
     def evaluate(p: Tensor, want_jacobian: bool = True) -> tuple[Tensor, Tensor | None, float]:
         pivot = pivot_of(p)
@@ -172,7 +171,8 @@ def lm_refine(
             det = level_detector if g.detector is None else g.detector
             drr, jac = render_with_pose_jacobian(volume, poses, det, pivots, settings, want_jacobian)
             if jac is not None:  # d/dxi_ref = d/dxi_k @ blockdiag(R, R): the reference step seen from view k's camera
-                jac = torch.cat([jac[..., :3] @ rot[:, None], jac[..., 3:] @ rot[:, None]], -1)
+                r_dev = rot.to(jac.device)[:, None]
+                jac = torch.cat([jac[..., :3] @ r_dev, jac[..., 3:] @ r_dev], -1)
             r, a, loss = residuals(drr, jac, refs[id(g)], None, similarity, compare)
             rs.append(r)
             jacs.append(a)
@@ -181,13 +181,16 @@ def lm_refine(
         total = sum(lo * w for lo, w in zip(losses, weights, strict=True)) / sum(weights)
         return torch.cat(rs), torch.cat(jacs) if want_jacobian else None, total
 
+    def normal_equations(r: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:  # 6 x 6 and 6, on the CPU
+        return (a.T @ a).cpu(), (a.T @ r).cpu()
+
     def small(d: Tensor, factor: float = 1.0) -> bool:
         return float(d[:3].norm()) < factor * step_tolerance[0] and float(d[3:].norm()) < factor * step_tolerance[1]
 
     r, a, loss = evaluate(pose)
     lam, reason, it, delta = 1e-4, "max_iterations", 0, torch.zeros(6, dtype=torch.float64)
     for it in range(1, max_iterations + 1):
-        gram, grad = a.T @ a, a.T @ r
+        gram, grad = normal_equations(r, a)
         accepted = False
         for _ in range(max_rejections + 1):
             delta = torch.linalg.solve(gram + lam * torch.diag(gram.diagonal().clamp_min(1e-12)), grad)
@@ -218,7 +221,7 @@ def lm_refine(
         if not accepted:
             reason = "stalled"
             break
-        if small(delta) or _decrement(r, a) < decrement_tolerance * float(r @ r) / r.numel():
+        if small(delta) or _decrement(*normal_equations(r, a)) < decrement_tolerance * float(r @ r) / r.numel():
             reason = "converged"
             break
     return pose, loss, it, reason

@@ -33,6 +33,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from ..drr import RenderSettings, render, resolve_device
+from ..drr import cuda as cuda_kernels
 from ..geometry.carm import carm_to_matrix, matrix_to_carm
 from ..geometry.detector import Detector
 from ..metrics import mean_target_registration_error, target_points, zncc
@@ -181,9 +182,9 @@ class Registrar:
     ) -> tuple[Tensor, Tensor, int, str]:
         """Descend at one level for a batch of poses; return best poses, their losses, iters, reason."""
         cfg = self.config
-        if (optimizer or cfg.optimizer) == "lm" and self.device.type == "cpu":
+        if (optimizer or cfg.optimizer) == "lm" and (self.device.type == "cpu" or cuda_kernels.ready(self.device)):
             return self._lm_level(lvl, frames, pose, history, callback)
-        if (optimizer or cfg.optimizer) == "lm":  # the analytic Jacobian runs on the CPU kernels only (so far)
+        if (optimizer or cfg.optimizer) == "lm":  # the analytic Jacobian needs the numba (CPU) or numba-cuda kernels
             optimizer = "adam"
         optimizer = optimizer or cfg.optimizer
         sim = similarity_fn(cfg)

@@ -173,7 +173,7 @@ def pose_covariance(
     0.003: a 0.3 % size error, 2.3 mm of depth at SID 750 mm), which one view cannot tell
     from depth; views from other angles resolve it. ``jacobian``: ``"fd"`` (central differences,
     the calibrated default) or ``"analytic"`` (the kernels' pose Jacobian: one pass a view instead
-    of 13 DRRs, no second pass; CPU; ``"auto"``: analytic on the CPU, else fd).
+    of 13 DRRs, no second pass; the numba or numba-cuda kernels; ``"auto"``: analytic on the CPU, else fd).
     ``view_motion_mm``: per view of ``views`` (in order; missing ones 0), how far (1 sigma, mm,
     isotropic) the patient may have moved between that view and ``fixed``: the view then
     constrains the pose only to within that (views taken apart in time, e.g. the node's angle
@@ -267,7 +267,7 @@ def _view_jacobians(
 
     ``jacobian="fd"``: central differences at ``steps`` (13 DRRs a view, in one batch per panel);
     ``"analytic"``: the kernels' own pose Jacobian (:func:`..drr.jacobian.render_with_pose_jacobian`,
-    one pass a view, CPU), chained through the normalisation
+    one pass a view), chained through the normalisation
     ``d v_n = (dv - mean(dv) - v_n sum(v_n dv) / (n - 1)) / std(v)``.
     """
     last = registrar.levels[-1]

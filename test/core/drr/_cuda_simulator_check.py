@@ -91,6 +91,25 @@ def main():
             (fn(s, t) * w).sum().backward()
             grads.append(torch.cat([s.grad, t.grad], 1).numpy())
         check(label, grads[0], grads[1], 1e-10)
+    # The per-pixel pose Jacobian of Levenberg-Marquardt: the torch chain around the CUDA kernel
+    # (the GPU path of render_with_pose_jacobian) against the fused CPU path.
+    from diffdrr_ros.core.drr import RenderSettings
+    from diffdrr_ros.core.drr.jacobian import _with_blur, pose_jacobian_on_rays, render_with_pose_jacobian
+    from diffdrr_ros.core.geometry import Detector, carm_to_matrix
+    from diffdrr_ros.core.volume import make_phantom
+
+    phantom = make_phantom("head_tiny").to_attenuation()
+    det = Detector(10, 12, spacing_mm=(24.0, 24.0), sdd_mm=1020.0, sid_mm=750.0)
+    pose = carm_to_matrix(torch.tensor([0.1, 0.4, -0.05], dtype=torch.float64),
+                          torch.tensor([3.0, -2.0, 5.0], dtype=torch.float64), phantom.center)[None]
+    pivot = (pose[0, :3, :3] @ phantom.center.to(torch.float64) + pose[0, :3, 3])[None]
+    for settings in (RenderSettings(method="siddon", blur_sigma_px=0.8), RenderSettings(method="trilinear",
+                                                                                          n_samples=40)):
+        want = render_with_pose_jacobian(phantom, pose, det, pivot, settings)  # the CPU tensors: the fused path
+        got = _with_blur(*pose_jacobian_on_rays(phantom, pose, det, pivot, settings, True,
+                                                tracer=cuda_kernels.trace_rays), settings.blur_sigma_px)
+        check(f"{settings.method} pose jacobian image", got[0].numpy(), want[0].numpy(), 1e-9)
+        check(f"{settings.method} pose jacobian", got[1].numpy(), want[1].numpy(), 1e-7 * float(want[1].abs().max()))
     print("CUDA kernels equal the CPU kernels")
 
 

@@ -42,6 +42,25 @@ def test_pose_jacobian_equals_the_autograd_gradient(name):
         torch.testing.assert_close((w[..., None] * jac[0]).sum((0, 1)), xi.grad[0], atol=1e-9, rtol=1e-7)
 
 
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_the_torch_chain_around_the_kernels_equals_the_fused_cpu_path(name):
+    """The readable torch version (the GPU path, here around the CPU kernel) against the fused numba path."""
+    from diffdrr_ros.core.drr import cpu
+    from diffdrr_ros.core.drr.jacobian import _with_blur, pose_jacobian_on_rays
+
+    vol, pose, pivot = _scene()
+    settings = SETTINGS[name]
+    want = render_with_pose_jacobian(vol, pose[None], DET, pivot[None], settings)
+    for with_jac in (True, False):
+        img, jac = _with_blur(*pose_jacobian_on_rays(vol, pose[None], DET, pivot[None], settings, with_jac,
+                                                     tracer=cpu.trace_rays), settings.blur_sigma_px)
+        torch.testing.assert_close(img, want[0], atol=1e-10, rtol=1e-10)
+        if with_jac:
+            torch.testing.assert_close(jac, want[1], atol=1e-9, rtol=1e-8)
+        else:
+            assert jac is None
+
+
 def test_pose_jacobian_matches_finite_differences():
     vol, pose, pivot = _scene()
     settings = SETTINGS["trilinear_blur"]
