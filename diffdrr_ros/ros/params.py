@@ -75,6 +75,9 @@ PARAMS: list[Param] = [
           "analytic pose Jacobian: 5-10 steps; numba kernels on the CPU, numba-cuda on a GPU, else Adam) or adam "
           "(as the first frame's, 100-200 steps); a tracking result below the last frame's similarity is "
           "registered again with the wide search"),
+    Param("registration.first_frame_polish", "lm", "optimiser of the first frame's finest level: lm "
+          "(Levenberg-Marquardt polishes what the search and Adam found: first frame 1.2-2.3 s instead of 2.4-3.3 s "
+          "on 2 cores, docs/results.md) or none (registration.optimizer throughout)", choices=("lm", "none")),
     Param("registration.tracking_step_scale", 0.5, "step sizes of tracking frames relative to the first frame's "
           "(they start close)", False, (1e-3, 1.0)),
     Param("registration.max_similarity_drop", 0.002, "tracking quality gate: reject a ZNCC this far below the median "

@@ -321,6 +321,7 @@ class RegistrationGlue:
             max_iterations=get("registration.max_iterations"), pyramid=tuple(int(f) for f in pyramid),
             min_similarity=get("registration.min_similarity"), drr_blur_sigma_px=get("image.detector_blur_px"),
             init_search=wide and bool(get("registration.init_search_first_frame")),
+            polish_optimizer="lm" if not tracking and get("registration.first_frame_polish") == "lm" else None,
         )
 
     def _validate_parameters(self, params) -> SetParametersResult:

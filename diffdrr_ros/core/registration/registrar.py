@@ -401,9 +401,10 @@ class Registrar:
             pose = pose[: cfg.keep_at(i)]
             # All candidates descend together (one batched render per step); the choice
             # between them is made at the finest level, where the similarity is most telling.
+            finest = i == len(self.levels) - 1
             pose, losses, its, reason = self._optimise_level(
                 lvl, self._frames_at(full, lvl), pose, history, callback, max_iterations=cfg.iterations_at(i),
-                lr_scale=cfg.level_lr_decay**i,
+                lr_scale=cfg.level_lr_decay**i, optimizer=cfg.polish_optimizer if finest else None,
             )
             order = losses.argsort()
             pose, losses = pose[order], losses[order]

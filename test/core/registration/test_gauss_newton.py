@@ -92,3 +92,16 @@ def test_lm_on_a_noisy_xray_frame_stops_at_the_minimum_not_at_the_first_step(pro
         (pose, _, its, reason), (pose_long, _, its_long, _) = ends
         assert reason == "converged" and 2 <= its <= 10 < its_long
         assert float(reg.mtre(pose, truth)) < 0.5 and float(reg.mtre(pose, pose_long)) < 0.2, its
+
+
+def test_lm_polishes_the_finest_level_after_adam(problem):
+    """``polish_optimizer="lm"``: Adam at the coarse level (its wide basin), LM's few steps at the finest."""
+    reg, truth, fixed = problem
+    start = perturb_pose(truth[None], reg.center, math.radians(4), 8.0, torch.Generator().manual_seed(3))[0]
+    cfg = RegistrationConfig(init_search=False, pyramid=(2, 1), polish_optimizer="lm")
+    res = Registrar(reg.volume, DET, cfg, device="cpu").register(fixed, start, truth=truth)
+    coarse, fine = res.stages
+    assert res.accepted and res.mtre_mm < 0.1
+    assert fine["iterations"] <= 10 < coarse["iterations"]  # LM steps after Adam's
+    with pytest.raises(ValueError, match="sum-of-squares"):
+        RegistrationConfig(polish_optimizer="lm", similarity="pncc")
