@@ -165,6 +165,42 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_overrides(items: list[str]) -> dict[str, object]:
+    """``name:=value`` (as ``ros2 run ... -p``) -> ``{name: value}``, values read as YAML (numbers, lists, bools)."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items:
+        name, sep, value = item.partition(":=")
+        if not sep or not name:
+            raise ValueError(f"-p expects name:=value, got {item!r}")
+        out[name] = yaml.safe_load(value) if value else ""
+    return out
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """A recorded case through the node, recorded, scored (``bag/replay.py``)."""
+    from ..bag.replay import format_report, replay
+
+    report = replay(args.bag, args.out, params=_node_overrides(args.param or []), params_file=args.params,
+                    every_frame=args.every_frame, rate=args.rate, ground_truth_topic=args.ground_truth_topic,
+                    frame_timeout_s=args.frame_timeout, domain_id=args.domain_id, progress=not args.no_progress)
+    print(format_report(report))
+    if not report["node"]["started"]:
+        return 2
+    print(f"wrote {args.out}/replay.json, frames.csv, node.log, outputs/ (the node's outputs, a bag)")
+    return 0
+
+
+def cmd_replay_compare(args: argparse.Namespace) -> int:
+    from ..bag.replay import compare
+
+    code, text = compare(args.run_a, args.run_b, max_regression=args.max_regression,
+                         max_mtre_increase_mm=args.max_mtre_increase)
+    print(text)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffdrr-ros", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -237,6 +273,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
     p.set_defaults(func=cmd_sim)
 
+    p = sub.add_parser("replay", help="replay a recorded case through the registration node and score it "
+                                      "('replay compare RUN_A RUN_B' compares two runs)")
+    p.add_argument("bag", type=Path, help="the case: the node's inputs (images, joints), and the ground truth "
+                                          "when known")
+    p.add_argument("--out", type=Path, required=True, help="run directory: replay.json, frames.csv, node.log, outputs/")
+    p.add_argument("--params", type=Path, default=None, help="node parameter file (default config/registration.yaml)")
+    p.add_argument("-p", dest="param", action="append", metavar="NAME:=VALUE", help="node parameter (repeatable)")
+    p.add_argument("--every-frame", action="store_true",
+                   help="play each image once the node has finished the one before: reproducible on any machine")
+    p.add_argument("--rate", type=float, default=1.0, help="real-time playback speed factor")
+    p.add_argument("--ground-truth-topic", default="/carm_sim/ground_truth")
+    p.add_argument("--frame-timeout", type=float, default=120.0, help="seconds to wait for the node per frame")
+    p.add_argument("--domain-id", type=int, default=None, help="ROS domain of the run (default: one of 101-200)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_replay)
+    p = sub.add_parser("replay-compare", help=argparse.SUPPRESS)  # reached as "replay compare"
+    p.add_argument("run_a", type=Path, help="the reference run directory")
+    p.add_argument("run_b", type=Path, help="the run to check")
+    p.add_argument("--max-regression", type=float, default=0.0,
+                   help="fraction of the frames B may have fewer on TF than A (default 0)")
+    p.add_argument("--max-mtre-increase", type=float, default=0.5, help="mm the median mTRE on TF may grow")
+    p.set_defaults(func=cmd_replay_compare)
+
     from ..bag import add_bag_parser
 
     add_bag_parser(sub)
@@ -248,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["replay", "compare"]:
+        argv = ["replay-compare", *argv[2:]]
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -3,7 +3,7 @@
 Reads mcap and sqlite3 bags (a bag directory, or a single ``.mcap``/``.db3`` file) with
 ``rosbags``, including bags written by ``ros2 bag record``. Messages go out in log-time order
 at the recorded pace scaled by ``rate`` (or as fast as possible), optionally remapped, from a
-start offset, looped, with /clock.
+start offset, looped, with /clock; or paced by a consumer (:class:`Pacer`, every frame in turn).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,15 @@ from .recorder import ros_context, stop_on_signals
 CLOCK_TOPIC = "/clock"
 DEFAULT_CLOCK_HZ = 40.0  # ros2 bag play --clock's default
 SETTLE_S = 0.5
+
+
+@dataclass(frozen=True)
+class Pacer:
+    """Every-frame playback: after a message on one of ``topics`` the player calls ``wait(topic, data)``,
+    which returns once the consumer is done with it (e.g. the node's diagnostics report its stamp)."""
+
+    topics: frozenset[str]
+    wait: Callable[[str, bytes], None]
 
 
 def open_reader(path: str | Path) -> Any:
@@ -69,6 +79,7 @@ def play(
     progress: bool = True,
     stop_event: threading.Event | None = None,
     node_name: str | None = None,
+    pacer: Pacer | None = None,
 ) -> dict[str, Any]:
     """Publish the bag's messages into the graph.
 
@@ -85,6 +96,9 @@ def play(
         qos_depth: publisher history depth (reliable, keep last).
         duration: stop after this many wall-clock seconds.
         stop_event: set it to stop early (SIGINT/SIGTERM also stop, in the main thread).
+        pacer: every-frame playback (:class:`Pacer`): the recorded timing is ignored, and each
+            message on one of its topics waits for everything before it to be delivered, is
+            published, and then waits for its consumer (``pacer.wait``).
 
     Returns:
         ``{"published" (per output topic), "messages", "skipped" (topic: why), "loops",
@@ -99,6 +113,8 @@ def play(
     if clock is not None and not clock > 0:
         raise BagError("clock rate must be > 0 Hz")
     passes = None if loop is True else (int(loop) if loop else 1)
+    if pacer is not None:
+        as_fast_as_possible = True
     remap = {normalize_topic(k): normalize_topic(v) for k, v in (remap or {}).items()}
     only = None if topics is None else {normalize_topic(t) for t in topics}
     stop = stop_event or threading.Event()
@@ -130,7 +146,7 @@ def play(
                 deadline = None if duration is None else t_begin + duration
                 while not stop.is_set() and (passes is None or done_passes < passes):
                     _one_pass(reader, conn_to_pub, start_ns, rate, as_fast_as_possible, clock_pub, clock, stop,
-                              counts, bar, deadline)
+                              counts, bar, deadline, pacer)
                     if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
                         break
                     done_passes += 1
@@ -218,7 +234,7 @@ def _wait_acked(pub: Any, timeout_s: float) -> None:
 
 def _one_pass(reader: Any, conn_to_pub: Mapping[int, tuple[str, Any]], start_ns: int, rate: float, afap: bool,
               clock_pub: Any, clock_hz: float | None, stop: threading.Event, counts: dict[str, int], bar: Any,
-              deadline: float | None) -> None:
+              deadline: float | None, pacer: Pacer | None = None) -> None:
     """One pass through the bag from ``start_ns``; returns early on ``stop`` or at the wall ``deadline``."""
     wall0 = time.monotonic()
     clock_period = 1.0 / clock_hz if clock_hz else 0.0
@@ -242,6 +258,12 @@ def _one_pass(reader: Any, conn_to_pub: Mapping[int, tuple[str, Any]], start_ns:
         if clock_pub is not None and afap:
             _publish_clock(clock_pub, stamp)
         out, pub = conn_to_pub[conn.id]
+        paced = pacer is not None and out in pacer.topics
+        if paced:  # what came before it (e.g. the joints of this frame) is delivered first
+            for other in {id(p): p for _, p in conn_to_pub.values()}.values():
+                _wait_acked(other, 2.0)
         pub.publish(data)
         counts[out] += 1
         bar.update(1)
+        if paced:
+            pacer.wait(out, bytes(data))

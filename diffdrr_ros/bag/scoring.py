@@ -20,7 +20,7 @@ import csv
 import json
 import math
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +91,15 @@ def score_records(
     tf_child: str = DEFAULT_TF_CHILD,
     image_topic: str | None = DEFAULT_IMAGE_TOPIC,
     success_mm: float = DEFAULT_SUCCESS_MM,
+    cameras: Mapping[int, Any] | None = None,
 ) -> dict[str, Any]:
     """Score ``(topic, msgtype, log_time_ns, cdr_bytes)`` records (from bags, or collected live).
+
+    ``tf_topic`` may also carry the estimate as a pose (PoseStamped, PoseWithCovarianceStamped:
+    e.g. the node's ``~/ct_pose``, which also holds the poses the gate kept off /tf).
+    ``cameras``: ``T_cam_parent`` (4 x 4, mm) by stamp (ns), e.g. from the joint states; each
+    frame then also gets its error in camera axes (``inplane_mm``, ``depth_mm``: along the
+    beam), with the camera of the nearest stamp.
 
     Args:
         volume: the CT (:class:`~diffdrr_ros.core.volume.Volume`); its centre and extent give
@@ -105,7 +112,7 @@ def score_records(
     import torch
     from rclpy.serialization import deserialize_message
 
-    from ..core.metrics import mean_target_registration_error, target_points
+    from ..core.metrics import inplane_depth_error, mean_target_registration_error, target_points
     from .common import message_class
 
     if points_ct is None:
@@ -132,6 +139,10 @@ def score_records(
             stamp, frame_id, m = _truth_matrix(msgtype, deserialize_message(bytes(data), message_class(msgtype)))
             truth_frames.add(_strip(frame_id))
             truth.setdefault(stamp, {"log_ns": int(log_ns), "pose": m})
+        elif topic == tf_topic and msgtype in _TRUTH_TYPES:  # the estimate as a pose (e.g. the node's ~/ct_pose)
+            stamp, frame_id, m = _truth_matrix(msgtype, deserialize_message(bytes(data), message_class(msgtype)))
+            if _strip(frame_id) == parent and stamp not in estimates:
+                estimates[stamp] = (int(log_ns), m)
         elif topic == tf_topic and msgtype in _TF_TYPES:
             msg = deserialize_message(bytes(data), message_class(msgtype))
             for t in msg.transforms:
@@ -162,10 +173,11 @@ def score_records(
         est = torch.stack([estimates[s][1] for s in matched])
         gt = torch.stack([truth[s]["pose"] for s in matched])
         mtre = dict(zip(matched, mean_target_registration_error(est, gt, points_ct).tolist(), strict=True))
+    cam_stamps = sorted(cameras) if cameras else []
     for i, s in enumerate(stamps):
         row: dict[str, Any] = {"index": i, "stamp_ns": s, "stamp_s": s / 1e9, "has_tf": s in estimates,
                                "mtre_mm": None, "translation_error_mm": None, "rotation_error_deg": None,
-                               "success": False, "latency_ms": None}
+                               "inplane_mm": None, "depth_mm": None, "success": False, "latency_ms": None}
         if s in estimates:
             log_tf, m = estimates[s]
             g = truth[s]["pose"]
@@ -173,6 +185,11 @@ def score_records(
             row["translation_error_mm"] = float((m[:3, 3] - g[:3, 3]).norm())
             row["rotation_error_deg"] = _rotation_deg(m, g)
             row["success"] = bool(mtre[s] < success_mm)
+            if cam_stamps:
+                near = cam_stamps[min(range(len(cam_stamps)), key=lambda j: abs(cam_stamps[j] - s))]
+                cam = torch.as_tensor(cameras[near], dtype=torch.float64)
+                e = inplane_depth_error(cam @ m, cam @ g, points_ct)
+                row["inplane_mm"], row["depth_mm"] = float(e.inplane_mm), float(e.depth_mm)
             if s in images:
                 row["latency_ms"] = (log_tf - images[s]) / 1e6
         frames.append(row)
@@ -192,6 +209,8 @@ def score_records(
         "mtre_median_mm": percentile(errors, 50),
         "mtre_p95_mm": percentile(errors, 95),
         "mtre_max_mm": max(errors) if errors else None,
+        "inplane_median_mm": percentile([f["inplane_mm"] for f in frames if f["inplane_mm"] is not None], 50),
+        "depth_median_mm": percentile([f["depth_mm"] for f in frames if f["depth_mm"] is not None], 50),
         "latency_frames": len(latencies),
         "latency_p50_ms": percentile(latencies, 50),
         "latency_p95_ms": percentile(latencies, 95),

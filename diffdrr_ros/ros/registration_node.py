@@ -133,6 +133,7 @@ class NodeStats:
     message: str = "waiting for frames"
     last_rejection: str = ""
     last: dict[str, str] = field(default_factory=dict)
+    last_frame_stamp: str = ""  # header stamp (s) of the last frame the worker finished with, whatever came of it
 
 
 @dataclass
@@ -450,6 +451,15 @@ class RegistrationGlue:
         return None
 
     def _process(self, msg: Image, t_in: float) -> None:
+        """One frame (:meth:`_process_frame`); then the diagnostics say its stamp is done (a replay paces by it)."""
+        try:
+            self._process_frame(msg, t_in)
+        finally:
+            with self._lock:
+                self.stats.last_frame_stamp = f"{stamp_to_seconds(msg.header.stamp):.6f}"
+            self._publish_diagnostics()
+
+    def _process_frame(self, msg: Image, t_in: float) -> None:
         """One frame: decode -> start pose -> register (with its partners) -> gates -> publish.
 
         The diagnostics break the frame-to-TF time down: ``wait_ms`` (in the slot), ``decode_ms``
@@ -804,6 +814,7 @@ class RegistrationGlue:
                 "frames_replaced_while_busy": self._slot.replaced,
                 "frames_dropped_older_than_waiting": self._slot.dropped_older,
                 "last_rejection": s.last_rejection, "device": str(self.registrar.device), **s.last,
+                "last_frame_stamp": s.last_frame_stamp,
             }
             status = DiagnosticStatus(level=s.level, name="diffdrr_ros: registration", message=s.message,
                                       hardware_id=str(self.registrar.device),

@@ -32,14 +32,17 @@ def run_node(make_node: Callable[[], Node], name: str, fatal: tuple[type[BaseExc
              args: list[str] | None = None) -> int:
     """Init rclpy, build the node, spin until Ctrl-C / shutdown; exit code 0.
 
-    An exception of a ``fatal`` type while building the node is a one-line ``[FATAL]`` on
-    stderr and exit code 1 (no traceback). A node with a ``shutdown()`` method gets it called
-    before it is destroyed (to stop worker threads).
+    An exception of a ``fatal`` type while building the node, or a parameter rclpy refuses (out
+    of its range, wrong type), is a one-line ``[FATAL]`` on stderr and exit code 1 (no
+    traceback). A node with a ``shutdown()`` method gets it called before it is destroyed (to
+    stop worker threads).
     """
+    from rclpy.exceptions import InvalidParameterValueException, ParameterException
+
     rclpy.init(args=args)
     try:
         node = make_node()
-    except fatal as exc:
+    except (*fatal, InvalidParameterValueException, ParameterException) as exc:  # e.g. detector.height:=-5
         print(f"[FATAL] [{name}]: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 1

@@ -279,6 +279,7 @@ def test_detector_follows_the_sdd_in_the_joint_state(system):
     ("ct_path:={tmp}/nothing_here.nii.gz", "cannot load CT"),
     ("registration.covariance_jacobian:=autodiff", "registration.covariance_jacobian must be one of fd, analytic"),
     ("registration.tracking_optimizer:=sgd-magic", "sgd-magic"),
+    ("detector.height:=-5", "detector.height out of range"),  # refused by rclpy itself (its range)
 ])
 def test_unusable_settings_are_a_clear_fatal_error(tmp_path, param, says):
     """Settings that would fail every frame fail the start: one line, exit code 1, no traceback."""
