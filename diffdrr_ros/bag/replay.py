@@ -40,7 +40,9 @@ from .common import BagError, normalize_topic
 from .scoring import DEFAULT_GROUND_TRUTH_TOPIC, header_stamp_ns, read_records, score_records
 
 NODE_NAME = "diffdrr_registration"
-INPUT_TOPICS = ("fluoro/image", "carm/joint_states", "fluoro/camera_info", "fluoro_b/image")
+#: The node's input topics (its parameters, with their defaults): what a replay plays from the case.
+INPUT_TOPICS = {"topics.image": "fluoro/image", "topics.joint_states": "carm/joint_states",
+                "topics.camera_info": "fluoro/camera_info", "topics.image_b": "fluoro_b/image"}
 CATEGORIES = ("on_tf", "held_back", "rejected", "not_processed")
 
 
@@ -158,7 +160,8 @@ def replay(
             connections=[c for c in reader.connections if c.topic == image_topic])]
     finally:
         reader.close()
-    inputs = [normalize_topic(t) for t in INPUT_TOPICS]
+    inputs = [normalize_topic(str(_node_param(name, params, params_file, default)))
+              for name, default in INPUT_TOPICS.items()]
     inputs = [t for t in inputs if t in in_bag]
     if image_topic not in in_bag:
         raise BagError(f"no images on {image_topic} in {bag}; it has {sorted(in_bag)}")
