@@ -75,6 +75,9 @@ PARAMS: list[Param] = [
           "analytic pose Jacobian: 5-10 steps; numba kernels on the CPU, numba-cuda on a GPU, else Adam) or adam "
           "(as the first frame's, 100-200 steps); a tracking result below the last frame's similarity is "
           "registered again with the wide search"),
+    Param("registration.init_keep", 4, "candidates carried from the first frame's search into the pyramid "
+          "(halved per level; 4: 24/24 first frames < 2 mm vs 11/12 with 2, +0.7 s, docs/results.md)", False,
+          (1, 64)),
     Param("registration.first_frame_polish", "lm", "optimiser of the first frame's finest level: lm "
           "(Levenberg-Marquardt polishes what the search and Adam found: first frame 1.2-2.3 s instead of 2.4-3.3 s "
           "on 2 cores, docs/results.md) or none (registration.optimizer throughout)", choices=("lm", "none")),
@@ -98,6 +101,10 @@ PARAMS: list[Param] = [
     # What may go on /tf: a pose that is known, per axis
     Param("gate.max_target_sigma_mm", 1.0, "publish on /tf only when the predicted 1-sigma error of the CT's 27 "
           "targets is below this along every camera axis (in plane and along the beam)", False, (0.0, 1000.0)),
+    Param("gate.ambiguity_mm", 2.0, "hold a pose back from /tf when the registration's finest level ended in "
+          "another minimum at least this far away (mm at the CT's targets) ...", False, (0.0, 1000.0)),
+    Param("gate.ambiguity_gap", 0.001, "... whose similarity is within this of the best (the frame cannot tell "
+          "them apart; whatever gate.allow_unresolved_depth says)", False, (0.0, 1.0)),
     Param("gate.allow_unresolved_depth", False, "also put poses whose depth is not resolved on /tf (a 2-D overlay "
           "use); otherwise they go to ~/ct_pose only, with their covariance and a diagnostic"),
     # The angle history: joint registration with recent frames from other angles (depth from several views)

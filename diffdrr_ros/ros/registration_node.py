@@ -45,6 +45,7 @@ from ..core.geometry import CArmJoints, Detector, cam_from_iso, initial_pose, is
 from ..core.geometry.rotations import invert_transform, make_transform
 from ..core.overlay import overlay
 from ..core.registration import (
+    AmbiguityGate,
     FixedImageError,
     FrameStart,
     KnownPoseGate,
@@ -323,6 +324,7 @@ class RegistrationGlue:
             min_similarity=get("registration.min_similarity"), drr_blur_sigma_px=get("image.detector_blur_px"),
             init_search=wide and bool(get("registration.init_search_first_frame")),
             polish_optimizer="lm" if not tracking and get("registration.first_frame_polish") == "lm" else None,
+            init_keep=get("registration.init_keep"),
         )
 
     def _validate_parameters(self, params) -> SetParametersResult:
@@ -498,9 +500,11 @@ class RegistrationGlue:
         info.update(covariance_ms=f"{(time.perf_counter() - t_cov) * 1000:.1f}")
         known, why = KnownPoseGate(self._p("gate.max_target_sigma_mm"), self._p("multiview.min_separation_deg")).check(
             None if cov is None else cov.target_sigma_mm(self.registrar.targets), len(result.view_zncc))
-        if not known and not self._p("gate.allow_unresolved_depth"):
+        ambiguous = AmbiguityGate(self._p("gate.ambiguity_mm"), self._p("gate.ambiguity_gap")).check(
+            result.runner_up_mm, result.runner_up_gap)
+        if ambiguous or (not known and not self._p("gate.allow_unresolved_depth")):
             info.update(latency_ms=f"{(time.perf_counter() - t_in) * 1000:.1f}")  # arrival to the decision
-            self._hold_back(frame, result, cov, why, info)
+            self._hold_back(frame, result, cov, ambiguous or why, info)
             self._publish_overlay(frame, result, HELD_BACK)
             return
         self._publish(frame, result, self._ros_covariance(cov, frame))
@@ -554,6 +558,8 @@ class RegistrationGlue:
             "iterations": str(result.iterations), "latency_ms": f"{latency * 1000:.1f}",
             "registration_ms": f"{result.wall_time_s * 1000:.1f}", "stop_reason": result.stop_reason,
             "joint_age_ms": f"{frame.joint_age_s * 1000:.1f}", "device": str(self.registrar.device),
+            "runner_up_mm": "none" if result.runner_up_mm is None else f"{result.runner_up_mm:.2f}",
+            "runner_up_gap": "none" if result.runner_up_gap is None else f"{result.runner_up_gap:.5f}",
         }
 
     def _remember(self, frame: Frame, result: RegistrationResult) -> None:

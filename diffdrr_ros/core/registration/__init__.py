@@ -17,6 +17,7 @@ from .parameterization import PARAMETERIZATIONS, initial_params, params_to_pose
 from .registrar import Registrar, coarsen_to_footprint
 from .result import RegistrationResult
 from .tracking import (
+    AmbiguityGate,
     FrameStart,
     KnownPoseGate,
     LostTrackGate,
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_STEP_SIZES",
     "OPTIMIZERS",
     "PARAMETERIZATIONS",
+    "AmbiguityGate",
     "FixedImageError",
     "FrameStart",
     "KnownPoseGate",

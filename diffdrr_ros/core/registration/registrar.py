@@ -415,6 +415,11 @@ class Registrar:
             if reason.startswith("diverged"):
                 break
         final = pose[losses.argmin()]
+        # Another minimum the finest level ended in: how far from the chosen one (mm at the targets) and
+        # how much worse (similarity); a near-equal one far away says the frame does not decide between them.
+        runner_up = None
+        if pose.shape[0] > 1:  # sorted best first
+            runner_up = (float(self.mtre(pose[1].cpu(), final.cpu())), float(losses[1] - losses[0]))
         last = self.levels[-1]
         fine = last.detector.shape == self.detector.shape
         sim = similarity_fn(cfg)
@@ -457,6 +462,8 @@ class Registrar:
             history=history,
             stages=stages,
             view_zncc=view_zncc,
+            runner_up_mm=None if runner_up is None else runner_up[0],
+            runner_up_gap=None if runner_up is None else runner_up[1],
         )
         if truth is not None:
             result.mtre_mm = float(self.mtre(result.pose, truth.cpu()))

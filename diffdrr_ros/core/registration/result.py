@@ -28,6 +28,10 @@ class RegistrationResult:
     success: bool | None = None  # mTRE below the success threshold (when a truth was given)
     stages: list[dict] = field(default_factory=list)  # per stage (search, levels): size, iterations, time
     view_zncc: list[float] = field(default_factory=list)  # full-resolution ZNCC per view, the reference first
+    # The best other candidate of the finest level (when it had several): its distance from the result (mTRE
+    # between the two poses, mm) and how much lower its similarity is (finest level's loss difference, >= 0).
+    runner_up_mm: float | None = None
+    runner_up_gap: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -268,6 +268,30 @@ class KnownPoseGate:
                        f"z {sz:.2f} mm, limit {limit:.2f} mm")
 
 
+@dataclass(frozen=True)
+class AmbiguityGate:
+    """A wrong minimum the similarity cannot tell from the right one: the finest level ended in another
+    minimum at least ``min_distance_mm`` away (mTRE between the two poses) whose similarity is within
+    ``max_gap`` of the best one's. Then the frame does not decide between them, and the pose is not known.
+
+    Measured (``bench/bench_first_frame.py``, 24 first frames, 4 candidates): the runner-up was within
+    0.2 mm of the result in 21, 0.43 mm in one, and 3.8 mm at a gap of 0.0004 in the one whose result was
+    1.9 mm off; a wrong basin 7.6 mm away lost by 0.025.
+    """
+
+    min_distance_mm: float = 2.0
+    max_gap: float = 0.001
+
+    def check(self, runner_up_mm: float | None, runner_up_gap: float | None) -> str | None:
+        """The reason the result is ambiguous, or None."""
+        if runner_up_mm is None or runner_up_gap is None:
+            return None
+        if runner_up_mm >= self.min_distance_mm and runner_up_gap <= self.max_gap:
+            return (f"ambiguous: another minimum {runner_up_mm:.1f} mm away scores within {runner_up_gap:.4f} "
+                    f"of this one (limit {self.max_gap:g})")
+        return None
+
+
 def disagreeing_views(
     kept: list[WindowView], pose: Float[Tensor, "4 4"], joints: CArmJoints, targets_ct: Float[Tensor, "P 3"],
     max_shift_mm: float,
@@ -294,6 +318,7 @@ def disagreeing_views(
 __all__ = [
     "HISTORY",
     "MIN_HISTORY",
+    "AmbiguityGate",
     "FrameStart",
     "KnownPoseGate",
     "LostTrackGate",

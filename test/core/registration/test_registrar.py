@@ -203,3 +203,16 @@ def test_unmodelled_scatter_biases_line_integrals_but_not_gradients_of_intensity
     assert errors["zncc"] > 3.0 and errors["gncc"] < 1.0, errors
     with pytest.raises(ValueError, match="compare"):
         RegistrationConfig(compare="log")
+
+
+def test_the_runner_up_of_the_finest_level_is_reported():
+    """With candidates left at the finest level, the result says how far the next best one ended and how much
+    worse it scored (the node's ambiguity gate); with one candidate there is nothing to report."""
+    reg = Registrar(make_phantom("head_small"), DET, RegistrationConfig(**{**FAST, "init_keep": 4}), device="cpu")
+    truth = reg.pose_from_carm([0.1, 0.25, -0.05], [4.0, -6.0, 3.0])
+    init = reg.pose_from_carm([0.2, 0.15, 0.0], [12.0, -12.0, 8.0])
+    result = reg.register(reg.render(truth[None])[0], init, truth=truth)
+    assert result.mtre_mm < 2.0
+    assert result.runner_up_mm is not None and result.runner_up_mm >= 0 and result.runner_up_gap >= 0
+    one = Registrar(reg.volume, DET, RegistrationConfig(**FAST, init_keep=1), device="cpu")
+    assert one.register(reg.render(truth[None])[0], init).runner_up_mm is None

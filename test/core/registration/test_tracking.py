@@ -9,6 +9,7 @@ from diffdrr_ros.core.geometry import CArmJoints, camera_motion, default_prior, 
 from diffdrr_ros.core.geometry.kinematics import cam_from_iso
 from diffdrr_ros.core.metrics import target_points
 from diffdrr_ros.core.registration import (
+    AmbiguityGate,
     KnownPoseGate,
     LostTrackGate,
     PatientDrift,
@@ -172,3 +173,12 @@ def test_known_pose_gate_per_axis():
     ok, why = gate.check(torch.tensor([1.4, 0.3, 0.5]), 3)
     assert not ok and "x 1.40" in why
     assert gate.check(None, 2)[0] and not gate.check(None, 1)[0]
+
+
+def test_a_near_equal_minimum_far_away_is_ambiguous():
+    gate = AmbiguityGate(min_distance_mm=2.0, max_gap=0.001)
+    assert gate.check(None, None) is None  # one candidate at the finest level: nothing to compare
+    assert gate.check(0.2, 0.0) is None  # the same minimum
+    assert gate.check(7.6, 0.025) is None  # a far one, but clearly worse
+    why = gate.check(3.8, 0.0004)
+    assert why is not None and "3.8 mm" in why and "ambiguous" in why
