@@ -249,11 +249,17 @@ def _score(bag, outputs: Path, images: list[float], done: Mapping[float, dict], 
                        "verdict": "replaced by a newer frame while the node was busy" if d is None else d["message"],
                        "similarity": None if d is None else d["values"].get("similarity"),
                        "sigma_depth_mm": None if d is None else d["values"].get("sigma_depth_mm"),
-                       "latency_ms": latency})
+                       "latency_ms": latency,
+                       # the node's own clock: arrival to TF or to the decision, and its two big parts
+                       **{k: None if d is None else _float(d["values"].get(v))
+                          for k, v in (("node_latency_ms", "latency_ms"), ("register_ms", "register_ms"),
+                                       ("covariance_ms", "covariance_ms"))}})
     summary: dict[str, Any] = {"frames": len(frames)}
     summary.update({c: sum(f["category"] == c for f in frames) for c in CATEGORIES})
     lat = [f["latency_ms"] for f in frames if f["latency_ms"] is not None]
     summary["latency_p50_ms"], summary["latency_p95_ms"] = percentile(lat, 50), percentile(lat, 95)
+    for key in ("node_latency_ms", "register_ms", "covariance_ms"):
+        summary[f"{key.removesuffix('_ms')}_p50_ms"] = percentile([f[key] for f in frames if f[key] is not None], 50)
     # Every registered pose is on ~/ct_pose (the held-back ones too): its error against the case's truth.
     records = list(read_records([bag], [ground_truth_topic]))
     records += list(read_records([outputs], [f"/{NODE_NAME}/ct_pose"]))
@@ -279,6 +285,13 @@ def _score(bag, outputs: Path, images: list[float], done: Mapping[float, dict], 
     summary["on_tf_at_or_above_2mm"] = sum(f["category"] == "on_tf" and (f["mtre_mm"] or 0.0) >= 2.0 for f in frames)
     summary["registered_mtre_median_mm"] = percentile([f["mtre_mm"] for f in frames if f["mtre_mm"] is not None], 50)
     return {"summary": summary, "frames": frames}
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None
 
 
 def _outputs(outputs: Path, image_topic: str) -> tuple[dict[float, int], set[float], dict[float, int]]:
@@ -332,7 +345,7 @@ def _write(report: dict[str, Any], out: Path) -> dict[str, str]:
     """frames.csv (every frame: category, verdict, errors, latency) and replay.png (both over time)."""
     path = out / "frames.csv"
     fields = ["index", "stamp_s", "category", "verdict", "similarity", "sigma_depth_mm", "mtre_mm", "inplane_mm",
-              "depth_mm", "latency_ms"]
+              "depth_mm", "latency_ms", "node_latency_ms", "register_ms", "covariance_ms"]
     with path.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
@@ -397,6 +410,9 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"poses on TF at >= 2 mm: {s['on_tf_at_or_above_2mm']}")
         if s.get("latency_p50_ms") is not None:
             lines.append(f"latency image -> TF: p50 {s['latency_p50_ms']:.0f} ms, p95 {s['latency_p95_ms']:.0f} ms")
+    if s.get("node_latency_p50_ms") is not None:
+        lines.append(f"the node's clock, p50: arrival to TF or decision {s['node_latency_p50_ms']:.0f} ms (register "
+                     f"{s['register_p50_ms']:.0f}, covariance {s['covariance_p50_ms'] or 0:.0f} ms)")
     else:
         lines.append(f"ground truth: {s['ground_truth']}")
     return "\n".join(lines)
