@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_b", type=Path, help="the run to check")
     p.add_argument("--max-regression", type=float, default=0.0,
                    help="fraction of the frames B may have fewer on TF than A (default 0)")
-    p.add_argument("--max-mtre-increase", type=float, default=0.5, help="mm the median mTRE on TF may grow")
+    p.add_argument("--max-mtre-increase", type=float, default=0.5,
+                   help="mm the median mTRE (on TF, and of all registered poses) may grow")
     p.set_defaults(func=cmd_replay_compare)
 
     from ..bag import add_bag_parser

@@ -326,9 +326,9 @@ def _cameras(bag, params, params_file) -> dict[int, Any]:
     from ..ros.conversions import JointNames, JointStateError, joints_from_message
     from .common import message_class
 
-    names = JointNames(**{k: _node_param(f"joints.{k}", params, params_file, getattr(JointNames(), k))
-                          for k in ("lao", "cranial", "detector_rotation", "sdd", "table")})
-    names = JointNames(**{**names.__dict__, "table": tuple(names.table)})
+    kw = {k: _node_param(f"joints.{k}", params, params_file, getattr(JointNames(), k))
+          for k in ("lao", "cranial", "detector_rotation", "sdd", "table")}
+    names = JointNames(**{**kw, "table": tuple(kw["table"])})  # as the node reads them
     topic = normalize_topic(str(_node_param("topics.joint_states", params, params_file, "carm/joint_states")))
     out = {}
     for _, msgtype, _, data in read_records([bag], [topic]):
