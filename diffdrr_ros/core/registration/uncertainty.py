@@ -246,8 +246,28 @@ def residual_correlation(
 def correlated_gram(jac: Float[Tensor, "n 6"], mask: Float[Tensor, "H W"], rho: Float[Tensor, "2L+1 2L+1"]) -> Tensor:
     """``J^T R J`` for residuals with the correlation ``rho``: ``sum_lag rho(lag) sum_p J(p) J(p + lag)^T``.
 
-    With white noise (``rho`` = 1 at lag 0 only) this is ``J^T J``.
+    Computed as ``sum_p J(p) (rho * J)(p)^T``: each Jacobian channel correlated with ``rho`` once
+    (six FFT products on the zero-padded grid, no wrap-around for lags below the image size),
+    instead of the 36 channel cross-correlations of the definition (:func:`correlated_gram_reference`,
+    the same sum in that order; equal to rounding). With white noise (``rho`` = 1 at lag 0 only)
+    this is ``J^T J``.
     """
+    h, w = mask.shape
+    size = (2 * h, 2 * w)
+    lag = rho.shape[0] // 2
+    kernel = torch.zeros(size, dtype=torch.float64, device=jac.device)  # rho at its lags, wrapped round the origin
+    lags = torch.arange(-lag, lag + 1, device=jac.device)
+    kernel[lags[:, None] % size[0], lags[None, :] % size[1]] = rho.to(torch.float64)
+    spec = torch.fft.rfft2(_embed(jac.T, mask), s=size)  # 6 x spectrum
+    # (rho correlated with J)(p) = sum_lag rho(lag) J(p + lag): the product with the kernel's conjugate spectrum.
+    filtered = torch.fft.irfft2(spec * torch.fft.rfft2(kernel).conj(), s=size)[:, :h, :w]  # 6 H W
+    gram = jac.T @ filtered[:, mask].T
+    return 0.5 * (gram + gram.T)
+
+
+def correlated_gram_reference(jac: Float[Tensor, "n 6"], mask: Float[Tensor, "H W"],
+                              rho: Float[Tensor, "2L+1 2L+1"]) -> Tensor:
+    """:func:`correlated_gram` by its definition: the 36 channel cross-correlations, weighted by ``rho``."""
     h, w = mask.shape
     size = (2 * h, 2 * w)
     spec = torch.fft.rfft2(_embed(jac.T, mask), s=size)  # 6 x spectrum

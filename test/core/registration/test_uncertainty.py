@@ -124,3 +124,26 @@ def test_predicted_sigma_matches_the_scatter_of_registrations_under_noise(setup)
     ratio = rms / pred
     assert torch.all((ratio > 0.6) & (ratio < 3.5)), ratio
     assert 0.6 < ratio[2] < 1.8, ratio  # the depth, what a robot most needs to know
+
+
+def test_the_fast_correlated_gram_equals_its_definition():
+    """``J^T R J`` by one correlation per Jacobian channel equals the 36 cross-correlations it replaces."""
+    from diffdrr_ros.core.registration.uncertainty import (
+        correlated_gram,
+        correlated_gram_reference,
+        residual_correlation,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.ones(40, 36, dtype=torch.bool)
+    mask[:5] = False
+    mask[:, -4:] = False  # lags reach across the masked border
+    jac = torch.randn(int(mask.sum()), 6, generator=g, dtype=D)
+    smooth = torch.nn.functional.avg_pool2d(torch.randn(1, 1, 46, 42, generator=g, dtype=D), 7, 1)[0, 0]
+    rho = residual_correlation(smooth[mask], mask)
+    assert int((rho != 0).sum()) > 20  # a correlated residual: many lags count
+    torch.testing.assert_close(correlated_gram(jac, mask, rho), correlated_gram_reference(jac, mask, rho),
+                               rtol=1e-12, atol=1e-10)
+    white = torch.zeros_like(rho)
+    white[rho.shape[0] // 2, rho.shape[1] // 2] = 1.0
+    torch.testing.assert_close(correlated_gram(jac, mask, white), jac.T @ jac, rtol=1e-12, atol=1e-9)
