@@ -169,11 +169,11 @@ def run_demo(out_dir: Path, n_frames: int = 16, period_s: float = 1.0, phantom: 
         _write_gif(out_dir / "overlays.gif", overlays)
 
     print("== summary")
-    print(f"frames sent {len(rows)} ({len(good)} good, {len(bad)} bad); registered and published on /tf: "
-          f"{len(registered)} (others were replaced by newer frames while the node was busy: latest wins)")
+    print(f"frames sent {len(rows)} ({len(good)} good, {len(bad)} bad); good frames published on /tf: "
+          f"{len(registered)}; held back from /tf (depth not resolved: one angle, or views too old for the "
+          f"patient's drift; on ~/ct_pose with their covariance): {len(held_back)}; the other "
+          f"{len(good) - len(registered) - len(held_back)} replaced by newer frames while the node was busy")
     print(f"bad frames rejected without a TF: {len(bad) - summary['bad_frames_with_tf']}/{len(bad)}")
-    print(f"good frames held back from /tf (depth not resolved yet: one angle; on ~/ct_pose with their "
-          f"covariance): {len(held_back)}")
     if mtre:
         print(f"mTRE median {summary['mtre_median_mm']:.2f} mm, max {summary['mtre_max_mm']:.2f} mm; "
               f"success (< 2 mm) {100 * summary['success_rate_of_registered']:.0f} % of registered frames; "
