@@ -135,6 +135,12 @@ PARAMS: list[Param] = [
     Param("biplane.cam_b_from_cam_a", [0.0, 0.0, 0.0, 0.0, 1.5707963267948966, 0.0], "plane B's camera seen from "
           "plane A's (both at the isocentre): x y z (m) roll pitch yaw (rad); default: B turned 90 deg about A's "
           "detector rows (a lateral plane to an AP one)", True),
+    Param("biplane.joints.lao", "", "JointState name of plane B's LAO/RAO angle (rad); with biplane.joints.cranial "
+          "plane B's camera follows its own joints (both planes at one isocentre) instead of biplane.cam_b_from_cam_a "
+          "('': the static transform)", True),
+    Param("biplane.joints.cranial", "", "JointState name of plane B's cranial/caudal angle (rad)", True),
+    Param("biplane.joints.detector_rotation", "", "JointState name of plane B's detector rotation (rad; optional)",
+          True),
     Param("detector_b.height", 0, "plane B detector rows (0: the same detector as plane A)", True, (0, 8192)),
     Param("detector_b.width", 0, "plane B detector columns", True, (0, 8192)),
     Param("detector_b.pixel_spacing_mm", [3.125, 3.125], "plane B pixel pitch (row, column), mm", True),

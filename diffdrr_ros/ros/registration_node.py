@@ -19,6 +19,7 @@ same node as a lifecycle node (``managed_registration_node``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -170,7 +171,7 @@ class RegistrationGlue:
         self.stats = NodeStats(message="inactive (not configured)")
         self._slot = LatestSlot()  # the frame waiting for the worker (latest wins)
         self._lock = threading.Lock()
-        self._joint_buffer: deque[tuple[float, CArmJoints]] = deque(maxlen=200)
+        self._joint_buffer: deque[tuple[float, CArmJoints, CArmJoints | None]] = deque(maxlen=200)
         self.tracker = Tracker()  # start pose, mode and lost-track gate (core.registration.tracking)
         self.window = ViewWindow()  # recent registered frames from other angles (worker thread; reset under the lock)
         self._frames_b: deque[Image] = deque(maxlen=10)  # plane B frames waiting for their plane A partner
@@ -207,6 +208,14 @@ class RegistrationGlue:
         if len(values) != 6:
             raise StartupError("biplane.cam_b_from_cam_a needs 6 values: x y z (m) roll pitch yaw (rad)")
         self.cam_b_from_cam_a = xyz_rpy_to_matrix(values[:3], values[3:])
+        lao_b, cranial_b = self._p("biplane.joints.lao"), self._p("biplane.joints.cranial")
+        if bool(lao_b) != bool(cranial_b):
+            raise StartupError("biplane.joints.lao and biplane.joints.cranial go together (both, or neither)")
+        self.joint_names_b = None  # plane B's camera from its own joints (None: the static transform)
+        if lao_b:
+            self.joint_names_b = JointNames(lao=lao_b, cranial=cranial_b,
+                                            detector_rotation=self._p("biplane.joints.detector_rotation"),
+                                            sdd="", table=self.joint_names.table)
         volume = load_ct(self._p("ct_path"), self._p("ct_spacing_mm"), self._p("ct_downsample"))
         try:
             self.registrar = Registrar(volume, self.detector, self._config(), device=self._p("device"))
@@ -350,8 +359,14 @@ class RegistrationGlue:
         except JointStateError as exc:
             self._reject(f"bad joint state: {exc}", count=False)
             return
+        joints_b = None
+        if self.joint_names_b is not None and self._p("biplane.enabled"):
+            # Plane A's joints count without them; a plane B frame then finds none and says so (per frame,
+            # not per joint message: those come at 10-100 Hz).
+            with contextlib.suppress(JointStateError):
+                joints_b = joints_from_message(msg, self.joint_names_b)
         with self._lock:
-            self._joint_buffer.append((stamp_to_seconds(msg.header.stamp), joints))
+            self._joint_buffer.append((stamp_to_seconds(msg.header.stamp), joints, joints_b))
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         with self._lock:
@@ -398,8 +413,17 @@ class RegistrationGlue:
         with self._lock:
             if not self._joint_buffer:
                 return None
-            stamp, joints = min(self._joint_buffer, key=lambda sj: abs(sj[0] - t))
+            stamp, joints, _ = min(self._joint_buffer, key=lambda sj: abs(sj[0] - t))
         return joints, abs(stamp - t)
+
+    def _nearest_joints_b(self, t: float) -> tuple[CArmJoints, float] | None:
+        """Plane B's joints nearest to ``t`` (s) and their age, or None."""
+        with self._lock:
+            with_b = [(stamp, jb) for stamp, _, jb in self._joint_buffer if jb is not None]
+        if not with_b:
+            return None
+        stamp, joints_b = min(with_b, key=lambda sj: abs(sj[0] - t))
+        return joints_b, abs(stamp - t)
 
     def _detector_from_camera_info(self, info: CameraInfo) -> Detector:
         """Size, principal point and SDD from a calibrated CameraInfo (pixel pitch from parameters)."""
@@ -658,7 +682,14 @@ class RegistrationGlue:
         except ValueError as exc:
             self._note("biplane_rejected", f"plane B frame ignored: {exc}; registering plane A alone")
             return []
-        return [View(fixed, self.cam_b_from_cam_a, mask, self.detector_b)]
+        cam_b_from_cam_a = self.cam_b_from_cam_a
+        if self.joint_names_b is not None:  # both planes turn about one isocentre: B's camera from its own joints
+            near = self._nearest_joints_b(stamp_to_seconds(best.header.stamp))
+            if near is None or near[1] > self._p("joints.max_age_s"):
+                self._note("biplane_unpaired", "no plane B joint state near its frame: registering plane A alone")
+                return []
+            cam_b_from_cam_a = cam_from_iso(near[0]) @ invert_transform(cam_from_iso(frame.joints))
+        return [View(fixed, cam_b_from_cam_a, mask, self.detector_b)]
 
     def _prepare_image(self, msg: Image, det: Detector) -> tuple[np.ndarray, torch.Tensor, np.ndarray | None]:
         """Pixels, fixed image (DRR-like units) and exposed-pixel mask of a frame for ``det`` (``image.*``).
