@@ -188,9 +188,9 @@ def lm_refine(
         return float(d[:3].norm()) < factor * step_tolerance[0] and float(d[3:].norm()) < factor * step_tolerance[1]
 
     r, a, loss = evaluate(pose)
+    gram, grad = normal_equations(r, a)
     lam, reason, it, delta = 1e-4, "max_iterations", 0, torch.zeros(6, dtype=torch.float64)
     for it in range(1, max_iterations + 1):
-        gram, grad = normal_equations(r, a)
         accepted = False
         for _ in range(max_rejections + 1):
             delta = torch.linalg.solve(gram + lam * torch.diag(gram.diagonal().clamp_min(1e-12)), grad)
@@ -210,6 +210,7 @@ def lm_refine(
                         break
                     pose, loss, delta = longer, loss_l, scale * delta
                 r, a, loss = evaluate(pose)  # the Jacobian at the accepted pose only
+                gram, grad = normal_equations(r, a)  # for the stop test and the next step
                 lam = max(lam / 10, 1e-7)
                 break
             # A rejected step must change the damping, at once to where it shortens the step.
@@ -221,7 +222,7 @@ def lm_refine(
         if not accepted:
             reason = "stalled"
             break
-        if small(delta) or _decrement(*normal_equations(r, a)) < decrement_tolerance * float(r @ r) / r.numel():
+        if small(delta) or _decrement(gram, grad) < decrement_tolerance * float(r @ r) / r.numel():
             reason = "converged"
             break
     return pose, loss, it, reason
