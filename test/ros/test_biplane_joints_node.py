@@ -7,16 +7,15 @@ import math
 
 import pytest
 import torch
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
-from test_biplane_node import DET_B, _answered
+from test_biplane_node import DET_B, biplane_system, register_pair
 from test_biplane_node import PARAMS as BIPLANE_PARAMS
-from test_registration_node import I0, Scene, send
+from test_registration_node import I0, Scene
 
 from diffdrr_ros.core.drr import render, to_intensity
 from diffdrr_ros.core.geometry import CArmJoints, initial_pose
 from diffdrr_ros.ros.conversions import JointNames, array_to_image, joints_to_message, seconds_to_stamp
-from diffdrr_ros.ros.harness import GraphClient, NodeProcess
+from diffdrr_ros.ros.harness import GraphClient
 
 # The static transform is set to the identity: a pair can only register if plane B's joints are used.
 PARAMS = {**BIPLANE_PARAMS, "biplane.cam_b_from_cam_a": [0.0] * 6, "biplane.joints.lao": "plane_b_lao",
@@ -27,18 +26,7 @@ LATERAL = CArmJoints(lao_rad=math.radians(90), cranial_rad=0.0)  # plane B
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
-    node = NodeProcess(PARAMS, tmp_path_factory.mktemp("node") / "node.log")
-    client = GraphClient()
-    pub_b = client.node.create_publisher(Image, "fluoro_b/image", QoSProfile(depth=5,
-                                                                          reliability=ReliabilityPolicy.RELIABLE))
-    if not client.wait_for_node(node):
-        node.stop()
-        client.close()
-        pytest.fail(f"node did not come up:\n{node.log()}")
-    yield client, pub_b, Scene(), node
-    rc = node.stop()
-    client.close()
-    assert rc == 0, f"node exit code {rc}:\n{node.log()}"
+    yield from biplane_system(PARAMS, tmp_path_factory.mktemp("node"))
 
 
 def _frame_b(scene: Scene, sec: int) -> Image:
@@ -59,26 +47,15 @@ def _both_planes(client: GraphClient, sec: int) -> None:
 
 
 def test_plane_b_from_its_own_joints_resolves_the_depth_on_the_first_pair(system):
-    client, pub_b, scene, node = system
+    client, _, scene, node = system
     _both_planes(client, 100)
-    pub_b.publish(_frame_b(scene, 100))
-    client.spin_for(0.3)
-    n = len(client.diags)
-    send(client, array_to_image(scene.frame(AP, seed=100), "mono16"), None, 100)  # joints already sent
-    assert _answered(client, 100, n), node.log()
-    client.spin_for(0.5)
-    tf = client.tf_for(100)
+    tf = register_pair(system, _frame_b(scene, 100), None, 100)  # the joints of both planes already sent
     assert tf is not None, node.log()
     assert scene.mtre(tf, AP) < 2.0
 
 
 def test_without_plane_b_joints_the_frame_is_registered_alone(system):
-    client, pub_b, scene, node = system
-    pub_b.publish(_frame_b(scene, 110))
-    client.spin_for(0.3)
-    n = len(client.diags)
-    send(client, array_to_image(scene.frame(AP, seed=110), "mono16"), AP, 110)  # plane A's joints only
-    assert _answered(client, 110, n), node.log()
-    client.spin_for(0.5)
+    _, _, scene, node = system
+    tf = register_pair(system, _frame_b(scene, 110), AP, 110)  # plane A's joints only
     assert "no plane B joint state near its frame" in node.log(tail=20_000)
-    assert client.tf_for(110) is None  # one angle: held back
+    assert tf is None  # one angle: held back

@@ -24,9 +24,9 @@ PARAMS = {**NODE_PARAMS, "gate.allow_unresolved_depth": False, "biplane.enabled"
 AP = CArmJoints(lao_rad=0.0, cranial_rad=math.radians(5))
 
 
-@pytest.fixture(scope="module")
-def system(tmp_path_factory):
-    node = NodeProcess(PARAMS, tmp_path_factory.mktemp("node") / "node.log")
+def biplane_system(params: dict, log_dir):
+    """The node with ``params``, a client with a reliable plane-B image publisher: (client, pub_b, scene, node)."""
+    node = NodeProcess(params, log_dir / "node.log")
     client = GraphClient()
     reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
     pub_b = client.node.create_publisher(Image, "fluoro_b/image", reliable)
@@ -38,6 +38,11 @@ def system(tmp_path_factory):
     rc = node.stop()
     client.close()
     assert rc == 0, f"node exit code {rc}:\n{node.log()}"
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    yield from biplane_system(PARAMS, tmp_path_factory.mktemp("node"))
 
 
 def _frame_b(scene: Scene, joints: CArmJoints, sec: int, det: Detector = DET_B):
@@ -54,15 +59,21 @@ def _answered(client, sec, n_diag):
                              or client.diag_saying("rejected", n_diag) is not None, 90.0)
 
 
-def test_a_pair_is_known_on_the_first_frame(system):
+def register_pair(system, frame_b: Image, joints: CArmJoints | None, sec: int):
+    """Plane B's frame, then plane A's at ``AP`` (with ``joints`` unless None: already sent); the TF, once answered."""
     client, pub_b, scene, node = system
-    pub_b.publish(_frame_b(scene, AP, 100))
+    pub_b.publish(frame_b)
     client.spin_for(0.3)
     n = len(client.diags)
-    send(client, array_to_image(scene.frame(AP, seed=100), "mono16"), AP, 100)
-    assert _answered(client, 100, n), node.log()
+    send(client, array_to_image(scene.frame(AP, seed=sec), "mono16"), joints, sec)
+    assert _answered(client, sec, n), node.log()
     client.spin_for(0.5)
-    tf = client.tf_for(100)
+    return client.tf_for(sec)
+
+
+def test_a_pair_is_known_on_the_first_frame(system):
+    _, _, scene, node = system
+    tf = register_pair(system, _frame_b(scene, AP, 100), AP, 100)
     assert tf is not None, node.log()
     assert scene.mtre(tf, AP) < 2.0
 
