@@ -93,3 +93,60 @@ def test_yaml_loads_as_ros_parameters():
     assert set(params) == {p.name for p in PARAMS}
     for p in PARAMS:
         assert params[p.name] == p.default
+
+
+REGISTRATION_LAUNCH_ARGS = {"params_file", "ct_path", "device", "namespace", "use_sim_time", "managed", "autostart"}
+
+
+def _launch_configurations(tree: ast.AST) -> set[str]:
+    return {
+        ast.literal_eval(n.args[0]) for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "LaunchConfiguration"
+    }
+
+
+def _declared_arguments(tree: ast.AST) -> set[str]:
+    return {
+        ast.literal_eval(n.args[0]) for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "DeclareLaunchArgument"
+    }
+
+
+def test_registration_launch_arguments_map_to_what_the_node_has():
+    """Each argument ends in a node parameter, the node's namespace, its parameter files or the
+    choice of executable; none is declared and then ignored, none is read undeclared."""
+    path = REPO / "launch" / "registration.launch.py"
+    tree = ast.parse(path.read_text())
+    assert _declared_arguments(tree) == REGISTRATION_LAUNCH_ARGS
+    assert _launch_configurations(tree) == REGISTRATION_LAUNCH_ARGS
+
+    # ct_path, device, use_sim_time: keys of the `overrides` dict, each a parameter the node declares
+    # (use_sim_time is rclpy's own).
+    override_keys = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Subscript) \
+                and getattr(n.targets[0].value, "id", "") == "overrides":
+            override_keys.add(ast.literal_eval(n.targets[0].slice))
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "overrides" \
+                and isinstance(n.value, ast.Dict):
+            override_keys |= {ast.literal_eval(k) for k in n.value.keys}
+    assert override_keys == {"ct_path", "device", "use_sim_time"}
+    declared = {p.name for p in PARAMS} | {"use_sim_time"}
+    assert override_keys <= declared
+
+    # params_file and the overrides are the node's parameters; namespace is its namespace.
+    for call in _node_calls(path):
+        params = _kw(call, "parameters")
+        assert [ast.unparse(e) for e in params.elts] == ["LaunchConfiguration('params_file')", "overrides"]
+        assert ast.unparse(_kw(call, "namespace")) == "LaunchConfiguration('namespace')"
+
+    # managed picks the lifecycle executable; autostart drives its configure/activate transitions.
+    text = path.read_text()
+    assert 'LaunchConfiguration("managed")' in text and "managed_registration_node" in text
+    assert 'LaunchConfiguration("autostart")' in text
+    assert "TRANSITION_CONFIGURE" in text and "TRANSITION_ACTIVATE" in text
+
+
+def test_demo_launch_arguments_are_all_used():
+    tree = ast.parse((REPO / "launch" / "demo.launch.py").read_text())
+    assert _declared_arguments(tree) == _launch_configurations(tree)

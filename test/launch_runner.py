@@ -1,0 +1,30 @@
+"""Run one launch file with launch's own LaunchService, as ``ros2 launch FILE name:=value ...`` does.
+
+    python test/launch_runner.py launch/registration.launch.py namespace:=lt device:=cpu
+
+SIGINT shuts the launched processes down (LaunchService handles it). Needs ``launch`` and
+``launch_ros`` (a sourced ROS 2 install).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from launch.actions import IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+from launch import LaunchDescription, LaunchService
+
+
+def main(argv: list[str]) -> int:
+    path, *pairs = argv
+    arguments = [tuple(p.split(":=", 1)) for p in pairs]
+    service = LaunchService()
+    service.include_launch_description(LaunchDescription([
+        IncludeLaunchDescription(PythonLaunchDescriptionSource(path), launch_arguments=arguments),
+    ]))
+    return service.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
