@@ -2,8 +2,11 @@
 
     python test/launch_runner.py launch/registration.launch.py namespace:=lt device:=cpu
 
-SIGINT shuts the launched processes down (LaunchService handles it). Needs ``launch`` and
-``launch_ros`` (a sourced ROS 2 install).
+SIGINT to this process shuts the launched processes down: the service is non-interactive
+(``ros2 launch --noninteractive``), so it passes the SIGINT on to them itself. An interactive
+one assumes Ctrl-C in a terminal already reached the whole process group, sends nothing on
+SIGINT and escalates to SIGTERM after 5 s. Needs ``launch`` and ``launch_ros`` (a sourced
+ROS 2 install).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from launch import LaunchDescription, LaunchService
 def main(argv: list[str]) -> int:
     path, *pairs = argv
     arguments = [tuple(p.split(":=", 1)) for p in pairs]
-    service = LaunchService()
+    service = LaunchService(argv=pairs, noninteractive=True)
     service.include_launch_description(LaunchDescription([
         IncludeLaunchDescription(PythonLaunchDescriptionSource(path), launch_arguments=arguments),
     ]))

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -131,7 +132,7 @@ def test_node_started_as_launch_ros_starts_it(tmp_path, probe):
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=ros_env(), cwd=REPO)
     try:
         assert probe.spin_until(lambda: probe.has_node("/lt/diffdrr_registration") or proc.poll() is not None,
-                                60.0), log.read_text()[-3000:]
+                                60.0) and proc.poll() is None, log.read_text()[-3000:]
         values = probe.parameters("/lt/diffdrr_registration", ["ct_path", "device", "use_sim_time", "topics.image"])
         assert values == {"ct_path": "phantom:head", "device": "cpu", "use_sim_time": True,
                           "topics.image": "fluoro/image"}
@@ -175,8 +176,27 @@ def _launch(prefix: Path, launch_file: str, args: list[str], log: Path) -> subpr
         p for p in (str(prefix), os.environ.get("AMENT_PREFIX_PATH", "")) if p))
     launch_path = prefix / "share" / PKG / "launch" / launch_file
     cmd = [sys.executable, str(REPO / "test" / "launch_runner.py"), str(launch_path), *args]
+    # Its own process group, so that _stop_launch can take down whatever the launch leaves behind.
     with open(log, "w") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+
+
+def _stop_launch(proc: subprocess.Popen, timeout: float = 30.0) -> int:
+    """SIGINT to the launch process alone (it passes it on); then kill its process group. Its exit code.
+
+    Without the group kill, a launch killed on the timeout would leave its nodes running, on this
+    domain, into the next test.
+    """
+    _stop(proc, timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode
+
+
+def _assert_clean_shutdown(rc: int, log: Path) -> None:
+    """The launch's SIGINT reached the node, which stopped on it (no SIGTERM/SIGKILL), and launch exited 0."""
+    text = log.read_text()
+    assert rc == 0 and "escalating to" not in text and "process has finished cleanly" in text, text[-3000:]
 
 
 @needs_launch
@@ -186,13 +206,15 @@ def test_registration_launch_applies_its_arguments(ament_prefix, tmp_path, probe
                    ["namespace:=lt", "ct_path:=phantom:head", "device:=cpu", "use_sim_time:=true"], log)
     try:
         fqn = "/lt/diffdrr_registration"
-        assert probe.spin_until(lambda: probe.has_node(fqn) or proc.poll() is not None, 90.0), log.read_text()[-3000:]
+        assert probe.spin_until(lambda: probe.has_node(fqn) or proc.poll() is not None, 90.0) and proc.poll() is None, \
+            log.read_text()[-3000:]
         assert probe.parameters(fqn, ["ct_path", "device", "use_sim_time"]) == {
             "ct_path": "phantom:head", "device": "cpu", "use_sim_time": True}
         assert probe.spin_until(lambda: bool(probe.static), 90.0), log.read_text()[-3000:]
         assert probe.node.count_subscribers("/lt/fluoro/image") >= 1
     finally:
-        _stop(proc)
+        rc = _stop_launch(proc)
+    _assert_clean_shutdown(rc, log)
 
 
 @pytest.mark.parametrize("autostart", [False, True])
@@ -203,7 +225,8 @@ def test_registration_launch_managed(ament_prefix, tmp_path, probe, autostart):
                    ["namespace:=lm", "managed:=true", f"autostart:={str(autostart).lower()}", "device:=cpu"], log)
     try:
         fqn = "/lm/diffdrr_registration"
-        assert probe.spin_until(lambda: probe.has_node(fqn) or proc.poll() is not None, 90.0), log.read_text()[-3000:]
+        assert probe.spin_until(lambda: probe.has_node(fqn) or proc.poll() is not None, 90.0) and proc.poll() is None, \
+            log.read_text()[-3000:]
         want = State.PRIMARY_STATE_ACTIVE if autostart else State.PRIMARY_STATE_UNCONFIGURED
         end = time.monotonic() + 90.0
         state = probe.lifecycle_state(fqn)
@@ -212,7 +235,8 @@ def test_registration_launch_managed(ament_prefix, tmp_path, probe, autostart):
             state = probe.lifecycle_state(fqn)
         assert state == want, log.read_text()[-3000:]
     finally:
-        _stop(proc)
+        rc = _stop_launch(proc)
+    _assert_clean_shutdown(rc, log)
 
 
 @needs_launch
@@ -225,4 +249,4 @@ def test_demo_launch_puts_a_registered_ct_on_tf(ament_prefix, tmp_path, probe):
 
         assert probe.spin_until(registered, 180.0) and proc.poll() is None, log.read_text()[-3000:]
     finally:
-        _stop(proc)
+        _stop_launch(proc)
