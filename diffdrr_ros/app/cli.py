@@ -2,8 +2,11 @@
 
 Sub-commands (each has ``--help``):
 
-* ``render``   - one DRR of a CT or built-in phantom at a C-arm pose, to .npy or .png.
-* ``register`` - register one X-ray frame to a CT; prints pose, similarity, time (and mTRE).
+* ``render``   - one DRR of a CT or built-in phantom at a C-arm pose, to .npy / .png / .tif / XA .dcm (with a
+  ``<file>.json`` sidecar saying what the file holds).
+* ``register`` - register one X-ray frame to a CT; prints pose, similarity, time (and mTRE). Frames are read as
+  their sidecar / DICOM header says (images without one hold intensities, .npy line integrals); an X-ray
+  DICOM's header gives the detector and the C-arm angles unless flags override them.
 * ``info``     - the environment: ROS distro, rmw, torch, device.
 * ``demo``     - the README's main job.
 
@@ -25,7 +28,16 @@ import torch
 
 from ..core.geometry import carm_to_matrix
 from ..core.volume import PHANTOMS, VolumeLoadError
-from .args import add_detector_args, add_volume_args, detector_from_args, volume_from_args
+from ..core.xray_files import XRayFrame, read_frame, read_stored_image, tag_label, write_frame
+from .args import (
+    add_detector_args,
+    add_frame_args,
+    add_volume_args,
+    detector_for_frame,
+    detector_from_args,
+    frame_domain_from_args,
+    volume_from_args,
+)
 from .environment import environment_report
 
 
@@ -33,36 +45,15 @@ def _pose_args(values: list[float]) -> tuple[list[float], list[float]]:
     return [math.radians(v) for v in values[:3]], list(values[3:])
 
 
-def _save_image(path: Path, image: np.ndarray) -> None:
-    """``.npy`` keeps the float values; ``.png`` is a 16-bit min-max normalised picture."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".npy":
-        np.save(path, image)
-        return
-    import cv2
-
-    lo, hi = float(image.min()), float(image.max())
-    scaled = np.zeros_like(image) if hi <= lo else (image - lo) / (hi - lo)
-    if not cv2.imwrite(str(path), (scaled * 65535).round().astype(np.uint16)):
-        raise OSError(f"could not write {path}")
-
-
 def load_xray(path: Path) -> np.ndarray:
-    """Read an X-ray frame: .npy, an image file (.png/.tif/...) or a DICOM file; grey 2-D."""
-    if path.suffix == ".npy":
-        return np.load(path)
-    if path.suffix.lower() in (".dcm", ".dicom", ""):
-        import pydicom
+    """The stored pixel values of a frame file (.npy, .png/.tif/..., DICOM), grey 2-D, no domain conversion."""
+    return read_stored_image(path)
 
-        return pydicom.dcmread(path).pixel_array
-    import cv2
 
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise OSError(f"could not read image {path}")
-    if img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY if img.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
-    return img
+def _read_frame(args: argparse.Namespace, path: Path) -> XRayFrame:
+    return read_frame(path, domain=frame_domain_from_args(args), i0=args.i0,
+                      scaled_range=tuple(args.scaled_range) if args.scaled_range else None,
+                      frame_index=args.frame_index)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -82,10 +73,21 @@ def cmd_render(args: argparse.Namespace) -> int:
         img = render(vol.to(device), pose.to(device), det, settings)
     if args.intensity:
         img = to_intensity(img)
-    _save_image(args.out, img.cpu().numpy())
-    print(f"wrote {args.out}  ({det.height}x{det.width}, min {float(img.min()):.4g}, max {float(img.max()):.4g}, "
-          f"{'raw voxel values' if args.raw else 'attenuation'} x mm, device {device})")
+    written = write_frame(args.out, img.cpu().numpy(), domain="intensity" if args.intensity else "line_integral",
+                          detector=det, pose_carm_deg_mm=args.pose,
+                          volume_values="raw" if args.raw else "attenuation")
+    what = "intensities exp(-L)" if args.intensity else "line integrals L"
+    print(f"wrote {' and '.join(map(str, written))}  ({det.height}x{det.width} {what}, min {float(img.min()):.6g}, "
+          f"max {float(img.max()):.6g}, {'raw voxel values' if args.raw else 'attenuation'} x mm, device {device})")
     return 0
+
+
+def _angles_of(frame: XRayFrame) -> list[float] | None:
+    """``(theta, phi, gamma)`` in degrees that the frame's header / sidecar states, or ``None``."""
+    geo = frame.geometry
+    if geo is None or not geo.has_angles:
+        return None
+    return [geo.cranial_deg, geo.lao_deg, geo.detector_rotation_deg]
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -94,17 +96,38 @@ def cmd_register(args: argparse.Namespace) -> int:
     from ..core.registration import Registrar, RegistrationConfig, pose_covariance, prepare_fixed, view_from_joints
 
     vol = volume_from_args(args)
-    frame = load_xray(args.xray)
-    fixed = prepare_fixed(frame, log_transform=args.log_transform, invert=args.invert)
-    det = detector_from_args(args, tuple(fixed.shape))
+    frame = _read_frame(args, args.xray)
+    print(f"frame {args.xray}: {frame.description}")
+    fixed = prepare_fixed(frame.line_integral, invert=args.invert)
+    det, detector_notes = detector_for_frame(args, frame)
+    notes = list(detector_notes)
+    stated = _angles_of(frame)
+    if args.init is None:
+        if stated is None:
+            raise ValueError(f"--init is required: {args.xray} states no C-arm angles (a DICOM header's "
+                             f"{tag_label('PositionerPrimaryAngle')} and {tag_label('PositionerSecondaryAngle')})")
+        args.init = [*stated, 0.0, 0.0, 0.0]
+        print(f"init: the C-arm angles of {args.xray} (theta cranial, phi LAO, gamma; deg) "
+              f"{[round(a, 3) for a in stated]}, the CT centre at the isocentre")
+    elif stated is not None and any(abs(a - b) > 1e-6 for a, b in zip(args.init[:3], stated, strict=True)):
+        notes.append(f"--init angles {args.init[:3]} override the angles of {args.xray}, "
+                     f"{[round(a, 3) for a in stated]}")
+    if args.xray_angles and stated is not None:
+        notes.append(f"--xray-angles {args.xray_angles} override the angles of {args.xray}")
+    for note in notes:
+        print(f"note: {note}")
+    if frame.geometry is not None:
+        source = f"{args.xray} and the flags" if detector_notes else str(args.xray)
+        print(f"detector from {source}: {det.height}x{det.width} px, pitch {det.spacing_mm[0]:g} x "
+              f"{det.spacing_mm[1]:g} mm, SDD {det.sdd_mm:g} mm, SID {det.sid:g} mm")
 
     def carm(theta_phi_gamma_deg: list[float]) -> CArmJoints:
         theta, phi, gamma = (math.radians(float(v)) for v in theta_phi_gamma_deg)
         return CArmJoints(lao_rad=phi, cranial_rad=theta, detector_rotation_rad=gamma)
 
-    ref = carm(args.xray_angles if args.xray_angles else args.init[:3])
-    views = [view_from_joints(prepare_fixed(load_xray(Path(path)), log_transform=args.log_transform,
-                                            invert=args.invert), carm(angles), ref)
+    ref = carm(args.xray_angles or stated or args.init[:3])
+    views = [view_from_joints(prepare_fixed(_read_frame(args, Path(path)).line_integral, invert=args.invert),
+                              carm(angles), ref)
              for path, *angles in (args.view or [])]
     cfg = RegistrationConfig(optimizer=args.optimizer, similarity=args.similarity, compare=args.compare,
                              max_iterations=args.max_iterations, init_search=args.init_search,
@@ -205,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffdrr-ros", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("render", help="render one DRR to .npy/.png")
+    p = sub.add_parser("render", help="render one DRR to .npy/.png/.tif/.dcm (+ a .json sidecar)")
     add_volume_args(p)
     add_detector_args(p)
     p.add_argument("--pose", type=float, nargs=6, default=[0, 0, 0, 0, 0, 0],
@@ -215,13 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=int, nargs=2, default=None, metavar=("PH", "PW"), help="patch size (pixels)")
     p.add_argument("--raw", action="store_true", help="integrate raw voxel values (no HU -> attenuation mapping)")
     p.add_argument("--intensity", action="store_true", help="write exp(-line integral) instead of the integral")
-    p.add_argument("--out", type=Path, default=Path("drr.png"))
+    p.add_argument("--out", type=Path, default=Path("drr.png"),
+                   help=".npy (float values), .png / .tif (16-bit, min-max scaled) or .dcm (XA DICOM); each gets a "
+                        "<out>.json sidecar with the domain, scaling, pose and detector")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("register", help="register one X-ray frame to a CT")
     add_volume_args(p)
     add_detector_args(p)
-    p.add_argument("--xray", type=Path, required=True, help="frame: .npy, .png/.tif, or .dcm")
+    p.add_argument("--xray", type=Path, required=True,
+                   help="frame: .npy, .png/.tif, or DICOM (XA / RF / DX: its header gives the detector and angles)")
     p.add_argument("--view", nargs=4, action="append", metavar=("FILE", "THETA", "PHI", "GAMMA"),
                    help="another frame of the same, still patient and its C-arm angles (deg: cranial, LAO, detector "
                         "rotation); repeat for more: one pose is registered to all (depth from several views)")
@@ -230,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--covariance", action="store_true", help="print the predicted 1-sigma target error per axis")
     p.add_argument("--scale-uncertainty", type=float, default=0.003,
                    help="relative magnification uncertainty in the covariance (default 0.003)")
-    p.add_argument("--init", type=float, nargs=6, required=True, metavar=("THETA", "PHI", "GAMMA", "BX", "BY", "BZ"))
+    p.add_argument("--init", type=float, nargs=6, default=None, metavar=("THETA", "PHI", "GAMMA", "BX", "BY", "BZ"),
+                   help="start pose (deg, mm); default: the C-arm angles of the frame's DICOM header / sidecar with "
+                        "the CT centre at the isocentre")
     p.add_argument("--truth", type=float, nargs=6, default=None, help="ground-truth pose, to report the mTRE")
     p.add_argument("--optimizer", choices=["adam", "gd", "gdm", "gddm"], default="adam")
     p.add_argument("--similarity", default="gncc",
@@ -243,8 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iterations", type=int, default=150, help="per pyramid level")
     p.add_argument("--init-search", action=argparse.BooleanOptionalAction, default=True,
                    help="batch search around --init first (capture range +-45 deg / +-60 mm; default on)")
-    p.add_argument("--log-transform", action="store_true", help="frame holds raw intensities: use -log(I/I0)")
-    p.add_argument("--invert", action="store_true", help="negate the frame")
+    add_frame_args(p)
     p.add_argument("--json", type=Path, default=None, help="write the result as JSON")
     p.set_defaults(func=cmd_register)
 

@@ -1,20 +1,25 @@
-"""CT loaders: DICOM series, NIfTI and ``.npy`` files to :class:`.Volume` (HU, LPS, mm).
+"""CT loaders: DICOM series, Enhanced (multi-frame) CT, NIfTI and ``.npy`` files to :class:`.Volume` (HU, LPS, mm).
 
 Conventions are those of :mod:`.volume` (LPS, voxel centres on the affine, float32 data).
-pydicom and nibabel do the file formats; what is written here is the geometry: slice
-ordering along the normal, affines from the DICOM orientation tags, RAS -> LPS.
+pydicom and nibabel do the file formats (compressed DICOM pixel data through pydicom's
+plugins: JPEG Lossless / JPEG-LS / JPEG 2000 / RLE, see :mod:`..xray_files.dicom_pixels`);
+what is written here is the geometry: slice ordering along the normal, affines from the
+DICOM orientation tags (per file, or per frame in an Enhanced CT's functional groups), RAS -> LPS.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..xray_files.dicom_pixels import PixelDataError, decode_pixels
 from .volume import RAS_TO_LPS, Volume, as3
 
 __all__ = ["VolumeLoadError", "load_dicom_series", "load_nifti", "load_npy", "load_volume"]
@@ -38,13 +43,16 @@ def load_volume(
     spacing: float | Sequence[float] | None = None,
     series_uid: str | None = None,
     kind: str = "hu",
+    allow_gantry_tilt: bool = False,
 ) -> Volume:
     """Load a CT volume, dispatching on what ``path`` is.
 
-    * a directory -> :func:`load_dicom_series` (``series_uid`` selects a series in mixed dirs);
+    * a directory -> :func:`load_dicom_series` (``series_uid`` selects a series in mixed dirs;
+      ``allow_gantry_tilt`` loads a tilted series on a sheared grid);
     * ``*.nii`` / ``*.nii.gz`` -> :func:`load_nifti`;
     * ``*.npy`` -> :func:`load_npy` (``spacing`` is required);
-    * any other file is tried as DICOM: the series it belongs to is loaded from its directory.
+    * any other file is tried as DICOM: the series it belongs to is loaded from its directory
+      (an Enhanced CT file is a whole series by itself).
 
     ``spacing`` only applies to ``.npy`` (DICOM/NIfTI carry their own geometry; a given
     ``spacing`` is ignored with a warning).  ``kind`` applies to NIfTI and ``.npy`` (DICOM
@@ -63,7 +71,7 @@ def load_volume(
             stacklevel=2,
         )
     if p.is_dir():
-        return load_dicom_series(p, series_uid=series_uid)
+        return load_dicom_series(p, series_uid=series_uid, allow_gantry_tilt=allow_gantry_tilt)
     if _is_nifti(p):
         return load_nifti(p, kind=kind)
     import pydicom
@@ -78,7 +86,7 @@ def load_volume(
     except Exception as exc:
         raise VolumeLoadError(f"{p}: cannot read file: {exc}") from exc
     uid = str(getattr(ds, "SeriesInstanceUID", "")) if series_uid is None else series_uid
-    return load_dicom_series(p.parent, series_uid=uid)
+    return load_dicom_series(p.parent, series_uid=uid, allow_gantry_tilt=allow_gantry_tilt)
 
 
 def load_npy(
@@ -158,6 +166,13 @@ def load_dicom_series(
       copy) raises.
     * Files are grouped by SeriesInstanceUID.  If there are several series, ``series_uid`` must
       name one (the error lists the UIDs and their file counts).
+    * An Enhanced (multi-frame) CT file holds many slices: each frame's ImagePositionPatient,
+      ImageOrientationPatient, PixelSpacing and rescale come from its
+      PerFrameFunctionalGroupsSequence item (PlanePositionSequence, PlaneOrientationSequence,
+      PixelMeasuresSequence, PixelValueTransformationSequence), else from the
+      SharedFunctionalGroupsSequence; its frames are then treated as the slices below.
+    * Compressed pixel data (JPEG Lossless, JPEG-LS, JPEG 2000, RLE) is decoded by pydicom's
+      plugins; a missing plugin raises, naming the transfer syntax and the package to install.
     * Slices are sorted by position along the normal ``n = row_cos x col_cos`` of
       ImageOrientationPatient; each slice's RescaleSlope/RescaleIntercept is applied (float32 HU
       for Modality CT -> ``kind="hu"``, otherwise ``kind="raw"``).
@@ -227,42 +242,122 @@ def load_dicom_series(
         raise VolumeLoadError(
             f"{label}: image file(s) without pixel data (truncated or corrupt?): {', '.join(truncated[:10])}"
         )
-    if len(items) < 2:
+    slices = [sl for f, ds in items for sl in _slices_of(f, ds, label)]
+    if len(slices) < 2:
         raise VolumeLoadError(f"{label} has a single slice; at least 2 are needed to define the slice spacing")
-    return _assemble_series(items, label, allow_gantry_tilt=allow_gantry_tilt)
+    modality = str(items[0][1].get("Modality", "CT") or "CT")  # CT -> HU, anything else -> raw
+    return _assemble_series(slices, modality, label, allow_gantry_tilt=allow_gantry_tilt)
 
 
-def _assemble_series(items: list, label: str, *, allow_gantry_tilt: bool) -> Volume:
-    """Sort, check and stack the slices of one series (see :func:`load_dicom_series`)."""
-    first = items[0][1]
-    geo = []
-    for f, ds in items:
-        missing = [
-            k
-            for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
-            if k not in ds
-        ]
+@dataclass(frozen=True)
+class _Slice:
+    """One image plane of a series: a classic slice file, or one frame of an Enhanced CT file."""
+
+    name: str
+    ipp: np.ndarray  # ImagePositionPatient (3,), LPS mm
+    iop: np.ndarray  # ImageOrientationPatient (6,): row then column direction cosines
+    ps: np.ndarray  # PixelSpacing (2,): row spacing, column spacing (mm)
+    rows: int
+    cols: int
+    slope: float
+    intercept: float
+    stored: Callable[[], np.ndarray]  # the stored pixel values (rows, cols), decoded on demand
+
+
+def _floats(values, name: str, n: int, label: str) -> np.ndarray:
+    arr = np.asarray([float(v) for v in values], dtype=np.float64)
+    if arr.shape != (n,):
+        raise VolumeLoadError(f"{label}: malformed {name} {list(values)}")
+    return arr
+
+
+def _decoder(f: Path, ds, label: str) -> Callable[[int | None], np.ndarray]:
+    """Decode ``ds``'s pixel data once (all frames), then hand out frames."""
+
+    @functools.cache
+    def all_frames() -> np.ndarray:
+        try:
+            return decode_pixels(ds, label=f"{label}: {f.name}")
+        except PixelDataError as exc:
+            raise VolumeLoadError(str(exc)) from exc
+
+    def frame(index: int | None) -> np.ndarray:
+        px = all_frames()
+        return px if index is None else px[index]
+
+    return frame
+
+
+def _slices_of(f: Path, ds, label: str) -> list[_Slice]:
+    """The slices of one file: itself (classic) or each frame (Enhanced CT, functional groups)."""
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise VolumeLoadError(f"{label}: {f.name} is not a single-channel (grey-scale) image")
+    for k in ("Rows", "Columns"):
+        if k not in ds:
+            raise VolumeLoadError(f"{label}: {f.name} lacks {k}")
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    decode = _decoder(f, ds, label)
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if "PerFrameFunctionalGroupsSequence" not in ds and "SharedFunctionalGroupsSequence" not in ds:
+        if n_frames > 1:
+            raise VolumeLoadError(
+                f"{label}: {f.name} is multi-frame without functional groups (not an Enhanced CT); "
+                "its frames have no positions"
+            )
+        missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") if k not in ds]
         if missing:
             raise VolumeLoadError(f"{label}: {f.name} lacks {', '.join(missing)}")
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise VolumeLoadError(f"{label}: {f.name} is multi-frame; multi-frame DICOM is not supported")
-        if int(ds.get("SamplesPerPixel", 1)) != 1:
-            raise VolumeLoadError(f"{label}: {f.name} is not a single-channel (grey-scale) image")
-        ipp = np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
-        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
-        ps = np.asarray([float(v) for v in ds.PixelSpacing], dtype=np.float64)
-        if ipp.shape != (3,) or iop.shape != (6,) or ps.shape != (2,):
-            raise VolumeLoadError(f"{label}: {f.name} has malformed position/orientation/spacing")
-        geo.append((ipp, iop, ps, int(ds.Rows), int(ds.Columns)))
+        return [_Slice(f.name, _floats(ds.ImagePositionPatient, "ImagePositionPatient", 3, label),
+                       _floats(ds.ImageOrientationPatient, "ImageOrientationPatient", 6, label),
+                       _floats(ds.PixelSpacing, "PixelSpacing", 2, label), rows, cols,
+                       float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0),
+                       functools.partial(decode, None))]
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared[0] if shared else None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if len(per_frame) not in (0, n_frames):
+        raise VolumeLoadError(
+            f"{label}: {f.name} has {len(per_frame)} PerFrameFunctionalGroupsSequence items for {n_frames} frames"
+        )
 
-    _, iop0, ps0, rows0, cols0 = geo[0]
-    for (f, _), (_, iop, ps, rows, cols) in zip(items, geo, strict=True):
-        if rows != rows0 or cols != cols0:
-            raise VolumeLoadError(f"{label}: {f.name} is {rows}x{cols}, other slices are {rows0}x{cols0}")
-        if not np.allclose(iop, iop0, atol=1e-4):
-            raise VolumeLoadError(f"{label}: {f.name} has a different ImageOrientationPatient")
-        if not np.allclose(ps, ps0, rtol=1e-4, atol=1e-6):
-            raise VolumeLoadError(f"{label}: {f.name} has a different PixelSpacing ({ps} vs {ps0})")
+    def group(index: int, sequence: str, keyword: str, required: bool = True):
+        for source in ((per_frame[index] if per_frame else None), shared):
+            items = None if source is None else source.get(sequence)
+            if items and keyword in items[0]:
+                return items[0][keyword].value
+        if required:
+            raise VolumeLoadError(
+                f"{label}: {f.name} frame {index + 1}: no {sequence} > {keyword} in its per-frame or shared "
+                "functional groups"
+            )
+        return None
+
+    out = []
+    for i in range(n_frames):
+        slope = group(i, "PixelValueTransformationSequence", "RescaleSlope", required=False)
+        intercept = group(i, "PixelValueTransformationSequence", "RescaleIntercept", required=False)
+        out.append(_Slice(
+            f"{f.name} frame {i + 1}",
+            _floats(group(i, "PlanePositionSequence", "ImagePositionPatient"), "ImagePositionPatient", 3, label),
+            _floats(group(i, "PlaneOrientationSequence", "ImageOrientationPatient"), "ImageOrientationPatient", 6,
+                    label),
+            _floats(group(i, "PixelMeasuresSequence", "PixelSpacing"), "PixelSpacing", 2, label), rows, cols,
+            float(slope if slope not in (None, "") else 1.0), float(intercept if intercept not in (None, "") else 0.0),
+            functools.partial(decode, i)))
+    return out
+
+
+def _assemble_series(slices: list[_Slice], modality: str, label: str, *, allow_gantry_tilt: bool) -> Volume:
+    """Sort, check and stack the slices of one series (see :func:`load_dicom_series`)."""
+    first = slices[0]
+    iop0, ps0, rows0, cols0 = first.iop, first.ps, first.rows, first.cols
+    for sl in slices:
+        if sl.rows != rows0 or sl.cols != cols0:
+            raise VolumeLoadError(f"{label}: {sl.name} is {sl.rows}x{sl.cols}, other slices are {rows0}x{cols0}")
+        if not np.allclose(sl.iop, iop0, atol=1e-4):
+            raise VolumeLoadError(f"{label}: {sl.name} has a different ImageOrientationPatient")
+        if not np.allclose(sl.ps, ps0, rtol=1e-4, atol=1e-6):
+            raise VolumeLoadError(f"{label}: {sl.name} has a different PixelSpacing ({sl.ps} vs {ps0})")
     if np.any(ps0 <= 0):
         raise VolumeLoadError(f"{label}: non-positive PixelSpacing {ps0.tolist()}")
     row_cos, col_cos = iop0[:3], iop0[3:]
@@ -275,18 +370,18 @@ def _assemble_series(items: list, label: str, *, allow_gantry_tilt: bool) -> Vol
     normal = np.cross(row_cos, col_cos)
     normal /= np.linalg.norm(normal)
 
-    pos = np.stack([g[0] for g in geo])
+    pos = np.stack([sl.ipp for sl in slices])
     order = np.argsort(pos @ normal, kind="stable")
     pos = pos[order]
-    items = [items[i] for i in order]
+    slices = [slices[i] for i in order]
     proj = pos @ normal
     gaps = np.diff(proj)
-    n = len(items)
+    n = len(slices)
     if np.min(np.abs(gaps)) < 1e-6:
         k = int(np.argmin(np.abs(gaps)))
         raise VolumeLoadError(
-            f"{label}: slices {items[k][0].name} and {items[k + 1][0].name} share the same position "
-            "(several acquisitions/echoes in one series?)"
+            f"{label}: slices {slices[k].name} and {slices[k + 1].name} share the same position "
+            "(several acquisitions/echoes/stacks in one series?)"
         )
     mean_gap = (proj[-1] - proj[0]) / (n - 1)
     tol = max(0.01, 0.01 * mean_gap)
@@ -308,26 +403,17 @@ def _assemble_series(items: list, label: str, *, allow_gantry_tilt: bool) -> Vol
     if np.max(np.linalg.norm(pos - expected, axis=1)) > tol:
         raise VolumeLoadError(f"{label}: slice positions do not lie on a straight line with a uniform step")
 
-    slices = []
-    for f, ds in items:
-        try:
-            px = np.asarray(ds.pixel_array, dtype=np.float64)
-        except Exception as exc:
-            ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "?")
-            raise VolumeLoadError(
-                f"{label}: cannot decode pixel data of {f.name} (transfer syntax {ts}): {exc}"
-            ) from exc
+    planes = []
+    for sl in slices:
+        px = np.asarray(sl.stored(), dtype=np.float64)
         if px.shape != (rows0, cols0):
-            raise VolumeLoadError(f"{label}: {f.name} pixel array has shape {px.shape}, expected {(rows0, cols0)}")
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-        slices.append((px * slope + intercept).T.astype(np.float32))  # (columns, rows) = (i, j)
-    data = torch.from_numpy(np.ascontiguousarray(np.stack(slices, axis=-1)))
+            raise VolumeLoadError(f"{label}: {sl.name} pixel array has shape {px.shape}, expected {(rows0, cols0)}")
+        planes.append((px * sl.slope + sl.intercept).T.astype(np.float32))  # (columns, rows) = (i, j)
+    data = torch.from_numpy(np.ascontiguousarray(np.stack(planes, axis=-1)))
 
     affine = torch.eye(4, dtype=torch.float64)
     affine[:3, 0] = torch.from_numpy(row_cos * ps0[1])
     affine[:3, 1] = torch.from_numpy(col_cos * ps0[0])
     affine[:3, 2] = torch.from_numpy(step)
     affine[:3, 3] = torch.from_numpy(pos[0])
-    modality = str(first.get("Modality", "CT") or "CT").upper()
-    return Volume(data, affine, "hu" if modality == "CT" else "raw")
+    return Volume(data, affine, "hu" if modality.upper() == "CT" else "raw")
