@@ -26,6 +26,8 @@ def open_ct(
     *,
     spacing_mm: float | Sequence[float] | None = None,
     downsample: int = 1,
+    series_uid: str | None = None,
+    allow_gantry_tilt: bool = False,
 ) -> Volume:
     """``"phantom:<name>"`` (see :data:`.phantoms.PHANTOMS`) or a DICOM directory, NIfTI or ``.npy`` path.
 
@@ -34,6 +36,10 @@ def open_ct(
         spacing_mm: voxel spacing of a ``.npy`` file (scalar or 3 values); DICOM and NIfTI
             carry their own (a given spacing is ignored with a warning).
         downsample: integer coarsening (:meth:`.Volume.downsample`); 1 keeps the grid.
+        series_uid: the DICOM series to load from a directory holding several (empty or None:
+            the only one).
+        allow_gantry_tilt: load a series acquired with a tilted gantry (sheared slices; see
+            :func:`.io.load_dicom_series`) instead of refusing it.
 
     Raises:
         VolumeLoadError: unreadable file (a ``ValueError``); ``ValueError``: unknown phantom.
@@ -42,7 +48,8 @@ def open_ct(
     if text.startswith(PHANTOM_PREFIX):
         vol = make_phantom(text[len(PHANTOM_PREFIX):])
     else:
-        vol = load_volume(text, spacing=tuple(spacing_mm) if isinstance(spacing_mm, Sequence) else spacing_mm)
+        vol = load_volume(text, spacing=tuple(spacing_mm) if isinstance(spacing_mm, Sequence) else spacing_mm,
+                          series_uid=series_uid or None, allow_gantry_tilt=allow_gantry_tilt)
     return vol.downsample(downsample) if downsample > 1 else vol
 
 

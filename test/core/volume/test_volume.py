@@ -20,6 +20,7 @@ from diffdrr_ros.core.volume import (
     load_nifti,
     load_npy,
     load_volume,
+    open_ct,
 )
 
 # ----------------------------------------------------------------------------------------------
@@ -149,6 +150,7 @@ def test_dicom_mixed_series(tmp_path):
     vol = load_dicom_series(d, series_uid=uid_b)
     assert vol.shape == (COLS, ROWS, 3)
     assert load_volume(d, series_uid=uid_a).shape == (COLS, ROWS, NSLICES)
+    assert open_ct(d, series_uid=uid_b).shape == (COLS, ROWS, 3)  # the node's ct_series_uid
     with pytest.raises(VolumeLoadError, match="not found"):
         load_dicom_series(d, series_uid="1.2.3.999")
 
@@ -173,7 +175,10 @@ def test_dicom_gantry_tilt(tmp_path):
     _write_series(d, positions=_positions(lateral=lateral))
     with pytest.raises(VolumeLoadError, match="gantry-tilted"):
         load_dicom_series(d)
+    with pytest.raises(VolumeLoadError, match="gantry-tilted"):
+        open_ct(d)
     vol = load_dicom_series(d, allow_gantry_tilt=True)
+    torch.testing.assert_close(open_ct(d, allow_gantry_tilt=True).affine, vol.affine)  # ct_allow_gantry_tilt
     step = NORMAL * 2.5 + lateral
     torch.testing.assert_close(vol.affine[:3, 2], torch.from_numpy(step), atol=1e-5, rtol=0)
     ipp = torch.tensor(np.stack(_positions(lateral=lateral)), dtype=torch.float64)
