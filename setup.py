@@ -14,7 +14,8 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        (f"share/{PACKAGE}/config/sros2", glob("config/sros2/*.xml")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,
@@ -29,6 +30,7 @@ setup(
             "registration_node = diffdrr_ros.ros.registration_node:main",
             "managed_registration_node = diffdrr_ros.ros.managed_registration_node:main",
             "carm_simulator = diffdrr_ros.ros.carm_simulator:main",
+            "igtl_bridge = diffdrr_ros.ros.igtl_bridge:main",
         ],
     },
 )
