@@ -5,11 +5,14 @@
 
     ros2 launch diffdrr_ros registration.launch.py managed:=true                 # lifecycle node, unconfigured
     ros2 launch diffdrr_ros registration.launch.py managed:=true autostart:=true  # ... configured and activated
+    ros2 launch diffdrr_ros registration.launch.py igtl:=true                     # + the 3D Slicer bridge
 
 Launch arguments: params_file (default: the package's config/registration.yaml), ct_path
 (overrides the file's; empty keeps it), device, namespace, use_sim_time (for bag replay),
-managed (start the lifecycle variant, managed_registration_node, for a lifecycle manager)
-and autostart (with managed: configure it, then activate it once inactive).
+managed (start the lifecycle variant, managed_registration_node, for a lifecycle manager),
+autostart (with managed: configure it, then activate it once inactive) and igtl (also start
+igtl_bridge, the OpenIGTLink server for 3D Slicer, in the same namespace; its own parameters
+at their defaults: loopback, port 18944).
 """
 
 import os
@@ -27,7 +30,8 @@ from launch import LaunchDescription
 
 
 def _node(context, *args, **kwargs):
-    overrides = {"use_sim_time": LaunchConfiguration("use_sim_time").perform(context).lower() == "true"}
+    use_sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() == "true"
+    overrides = {"use_sim_time": use_sim_time}
     ct_path = LaunchConfiguration("ct_path").perform(context)
     if ct_path:
         overrides["ct_path"] = ct_path
@@ -42,11 +46,16 @@ def _node(context, *args, **kwargs):
         output="screen",
         emulate_tty=True,
     )
+    bridge = []
+    if LaunchConfiguration("igtl").perform(context).lower() == "true":
+        bridge = [Node(package="diffdrr_ros", executable="igtl_bridge", name="igtl_bridge",
+                       namespace=LaunchConfiguration("namespace"), output="screen", emulate_tty=True,
+                       parameters=[{"use_sim_time": use_sim_time}])]
     if LaunchConfiguration("managed").perform(context).lower() != "true":
-        return [Node(executable="registration_node", **common)]
+        return [Node(executable="registration_node", **common), *bridge]
     node = LifecycleNode(executable="managed_registration_node", **common)
     if LaunchConfiguration("autostart").perform(context).lower() != "true":
-        return [node]
+        return [node, *bridge]
 
     def change(transition_id):
         return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition_id))
@@ -55,7 +64,7 @@ def _node(context, *args, **kwargs):
         OnStateTransition(target_lifecycle_node=node, goal_state="inactive",
                           entities=[change(Transition.TRANSITION_ACTIVATE)])
     )
-    return [node, activate_when_inactive, change(Transition.TRANSITION_CONFIGURE)]
+    return [node, activate_when_inactive, change(Transition.TRANSITION_CONFIGURE), *bridge]
 
 
 def generate_launch_description():
@@ -70,6 +79,8 @@ def generate_launch_description():
             DeclareLaunchArgument("managed", default_value="false", description="start the lifecycle (managed) node"),
             DeclareLaunchArgument("autostart", default_value="false",
                                   description="with managed: configure, then activate"),
+            DeclareLaunchArgument("igtl", default_value="false",
+                                  description="also start igtl_bridge (OpenIGTLink to 3D Slicer, 127.0.0.1:18944)"),
             OpaqueFunction(function=_node),
         ]
     )

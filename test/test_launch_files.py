@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from diffdrr_ros.ros.igtl_bridge import BRIDGE_PARAMS
 from diffdrr_ros.ros.params import PARAMS, render_yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +59,7 @@ def test_launch_file_executables_and_parameters_exist(path):
     calls = _node_calls(path)
     assert calls, f"{path.name} starts no Node"
     declared = {p.name for p in PARAMS}
+    bridge_params = {p.name for p in BRIDGE_PARAMS}
     sim_params = set(re.findall(r'"([\w.]+)": [^,]+,', (REPO / "diffdrr_ros/ros/carm_simulator.py").read_text()))
     for call in calls:
         assert ast.literal_eval(_kw(call, "package")) == "diffdrr_ros"
@@ -67,17 +69,22 @@ def test_launch_file_executables_and_parameters_exist(path):
         for d in [e for e in getattr(params, "elts", []) if isinstance(e, ast.Dict)]:
             for key in d.keys:
                 name = ast.literal_eval(key)
-                registration = exe in ("registration_node", "managed_registration_node")
-                known = (declared if registration else sim_params) | {"use_sim_time"}
+                known = {"registration_node": declared, "managed_registration_node": declared,
+                         "igtl_bridge": bridge_params}.get(exe, sim_params) | {"use_sim_time"}
                 assert name in known, f"{path.name}: {exe} has no parameter {name!r}"
     for ref in re.findall(r'"(config)", "([\w.]+)"', path.read_text()):
         assert (REPO / ref[0] / ref[1]).is_file()
 
 
-def test_registration_launch_offers_the_plain_and_the_managed_node():
+def _registration_calls(calls: list[ast.Call]) -> list[ast.Call]:
+    return [c for c in calls if ast.literal_eval(_kw(c, "executable")) != "igtl_bridge"]
+
+
+def test_registration_launch_offers_the_plain_and_the_managed_node_and_the_bridge():
     calls = _node_calls(REPO / "launch" / "registration.launch.py")
-    assert {ast.literal_eval(_kw(c, "executable")) for c in calls} == {"registration_node", "managed_registration_node"}
-    assert all(ast.literal_eval(_kw(c, "name")) == "diffdrr_registration" for c in calls)
+    assert {ast.literal_eval(_kw(c, "executable")) for c in calls} == {
+        "registration_node", "managed_registration_node", "igtl_bridge"}
+    assert all(ast.literal_eval(_kw(c, "name")) == "diffdrr_registration" for c in _registration_calls(calls))
 
 
 def test_registration_yaml_is_the_generated_one():
@@ -95,7 +102,8 @@ def test_yaml_loads_as_ros_parameters():
         assert params[p.name] == p.default
 
 
-REGISTRATION_LAUNCH_ARGS = {"params_file", "ct_path", "device", "namespace", "use_sim_time", "managed", "autostart"}
+REGISTRATION_LAUNCH_ARGS = {"params_file", "ct_path", "device", "namespace", "use_sim_time", "managed", "autostart",
+                            "igtl"}
 
 
 def _launch_configurations(tree: ast.AST) -> set[str]:
@@ -135,13 +143,17 @@ def test_registration_launch_arguments_map_to_what_the_node_has():
     assert override_keys <= declared
 
     # params_file and the overrides are the node's parameters; namespace is its namespace.
-    for call in _node_calls(path):
+    for call in _registration_calls(_node_calls(path)):
         params = _kw(call, "parameters")
         assert [ast.unparse(e) for e in params.elts] == ["LaunchConfiguration('params_file')", "overrides"]
         assert ast.unparse(_kw(call, "namespace")) == "LaunchConfiguration('namespace')"
 
-    # managed picks the lifecycle executable; autostart drives its configure/activate transitions.
+    # managed picks the lifecycle executable; autostart drives its configure/activate transitions;
+    # igtl adds the bridge, in the same namespace.
     text = path.read_text()
+    bridge = next(c for c in _node_calls(path) if ast.literal_eval(_kw(c, "executable")) == "igtl_bridge")
+    assert ast.unparse(_kw(bridge, "namespace")) == "LaunchConfiguration('namespace')"
+    assert 'LaunchConfiguration("igtl")' in text
     assert 'LaunchConfiguration("managed")' in text and "managed_registration_node" in text
     assert 'LaunchConfiguration("autostart")' in text
     assert "TRANSITION_CONFIGURE" in text and "TRANSITION_ACTIVATE" in text

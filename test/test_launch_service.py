@@ -45,6 +45,7 @@ EXECUTABLES = {
     "registration_node": "diffdrr_ros.ros.registration_node",
     "managed_registration_node": "diffdrr_ros.ros.managed_registration_node",
     "carm_simulator": "diffdrr_ros.ros.carm_simulator",
+    "igtl_bridge": "diffdrr_ros.ros.igtl_bridge",
 }
 
 
@@ -213,6 +214,30 @@ def test_registration_launch_applies_its_arguments(ament_prefix, tmp_path, probe
         assert probe.spin_until(lambda: bool(probe.static), 90.0), log.read_text()[-3000:]
         assert probe.node.count_subscribers("/lt/fluoro/image") >= 1
     finally:
+        rc = _stop_launch(proc)
+    _assert_clean_shutdown(rc, log)
+
+
+@needs_launch
+def test_registration_launch_with_the_igtl_bridge(ament_prefix, tmp_path, probe):
+    """igtl:=true: the bridge in the node's namespace, serving OpenIGTLink on loopback (a real client)."""
+    import pyigtl
+
+    log = tmp_path / "launch.log"
+    proc = _launch(ament_prefix, "registration.launch.py", ["namespace:=li", "igtl:=true", "device:=cpu"], log)
+    client = None
+    try:
+        def up() -> bool:
+            return (probe.has_node("/li/diffdrr_registration") and probe.has_node("/li/igtl_bridge")) \
+                or proc.poll() is not None
+
+        assert probe.spin_until(up, 90.0) and proc.poll() is None, log.read_text()[-3000:]
+        client = pyigtl.OpenIGTLinkClient(host="127.0.0.1", port=18944, start_now=True)
+        status = client.wait_for_message("CTToCArmStatus", timeout=30)
+        assert status is not None and status.string.startswith("no pose"), log.read_text()[-3000:]
+    finally:
+        if client is not None:
+            client.stop()
         rc = _stop_launch(proc)
     _assert_clean_shutdown(rc, log)
 
