@@ -7,6 +7,12 @@ Publishes (system-default QoS, as a sensor driver does):
 * ``carm_sim/ground_truth`` (geometry_msgs/PoseStamped: the true pose of the CT frame in
   ``carm_isocenter``, metres) and the same on ``/tf`` as ``carm_isocenter -> ct_ground_truth``.
 
+Frames are stamped with ``carm_detector_optical``; the simulator does not put that frame on
+``/tf``: the registration node does (``frames.detector``, from the joints and its detector
+parameters, for every frame it pairs with joints), as it must with a real C-arm driver, and a
+frame has one publisher. Run without the registration node, publish it with a static or URDF
+publisher of your own (docs/image-streams.md).
+
 The frames are rendered by the same core the registration uses. The same generator writes
 bags offline (:func:`simulate_messages`), so tests and the demo can replay identical data.
 """

@@ -1,9 +1,17 @@
 """Message <-> array conversions at the ROS boundary (units change here, once).
 
-* Images: ``sensor_msgs/Image`` <-> numpy, written here because ROS 2's ``cv_bridge`` is
-  not installable from PyPI (the PyPI ``cv-bridge`` is an old ROS 1 copy that fails on
-  NumPy 2). Handles row padding (``step``), endianness and the encodings fluoroscopy
+* Images: ``sensor_msgs/Image`` <-> numpy. Where ROS 2's ``cv_bridge`` imports (a sourced
+  ROS 2 install) its ``CvBridge`` does the pixel conversion; the project's own converter is
+  the fall-back, written here because ``cv_bridge`` is not installable from PyPI (the PyPI
+  ``cv-bridge`` is an old ROS 1 copy that fails on NumPy 2). Both paths are checked the same
+  way first (encoding, size, ``step``, buffer length) and give the same arrays (a test
+  compares them on every encoding when cv_bridge is present); ``DIFFDRR_ROS_CV_BRIDGE=0``
+  forces ours. Handles row padding (``step``), endianness and the encodings fluoroscopy
   drivers send; colour is converted to grey with OpenCV.
+* Compressed images: ``sensor_msgs/CompressedImage`` as image_transport's ``compressed``
+  plugin publishes them (``"mono16; png compressed"``, ``"bgr8; jpeg compressed bgr8"``, plain
+  ``"png"`` / ``"jpeg"``) and ``compressedDepth`` (``"16UC1; compressedDepth png"``), decoded
+  with ``cv2.imdecode`` (16-bit PNG kept 16-bit).
 * Transforms: core poses are 4x4 in mm; ROS wants metres (REP-103) and quaternions.
 * Joint states: positions in rad and m -> :class:`~diffdrr_ros.core.geometry.kinematics.CArmJoints`.
 * Parameters and covariances: ``x y z`` (m) ``roll pitch yaw`` (rad) -> 4x4 in mm; a 6 x 6
@@ -13,6 +21,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +31,7 @@ import numpy as np
 import torch
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, Quaternion, Transform, TransformStamped, Vector3
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 
 from ..core.geometry.kinematics import CArmJoints
 from ..core.geometry.rotations import make_transform, matrix_to_quaternion, rpy_to_matrix
@@ -58,6 +67,22 @@ class ImageConversionError(ValueError):
     """The Image message cannot be read as a grey frame (encoding, size, buffer)."""
 
 
+def _load_cv_bridge():
+    """``cv_bridge.CvBridge()`` where it imports (and ``DIFFDRR_ROS_CV_BRIDGE`` is not ``0``), else None."""
+    if os.environ.get("DIFFDRR_ROS_CV_BRIDGE", "1").strip() == "0":
+        return None
+    try:
+        from cv_bridge import CvBridge
+    except Exception:  # ImportError, or a ROS 1 copy failing on NumPy 2 at import
+        return None
+    return CvBridge()
+
+
+_BRIDGE = _load_cv_bridge()
+#: Which converter turns Image messages into arrays: "cv_bridge" or "builtin".
+IMAGE_BACKEND = "cv_bridge" if _BRIDGE is not None else "builtin"
+
+
 def image_to_array(msg: Image) -> np.ndarray:
     """Decode an Image into an ``(H, W)`` grey array (colour converted to grey).
 
@@ -74,9 +99,43 @@ def image_to_array(msg: Image) -> np.ndarray:
 def image_to_pixels(msg: Image) -> np.ndarray:
     """Decode an Image into its ``(H, W, channels)`` pixels, native byte order, rows unpadded.
 
+    The message is checked here; the pixels then come from ``CvBridge`` when present, else
+    from :func:`image_to_pixels_builtin`.
+
     Raises:
         ImageConversionError: as :func:`image_to_array`.
     """
+    _check_image(msg)
+    if _BRIDGE is None:
+        return image_to_pixels_builtin(msg)
+    try:
+        arr = np.asarray(_BRIDGE.imgmsg_to_cv2(msg, desired_encoding="passthrough"))
+    except Exception:  # CvBridgeError, or a layout it does not take (odd row padding, unpadded last row)
+        return image_to_pixels_builtin(msg)
+    arr = arr.reshape(int(msg.height), int(msg.width), ENCODINGS[msg.encoding][1])
+    return np.array(arr, dtype=arr.dtype.newbyteorder("="))  # a native-endian, writable copy
+
+
+def _check_image(msg: Image) -> None:
+    """Raise :class:`ImageConversionError` for an encoding, size, step or buffer that cannot be read."""
+    enc = msg.encoding
+    if enc not in ENCODINGS:
+        raise ImageConversionError(f"unsupported encoding {enc!r}; supported: {', '.join(ENCODINGS)}")
+    dtype, channels = ENCODINGS[enc]
+    h, w = int(msg.height), int(msg.width)
+    if h == 0 or w == 0:
+        raise ImageConversionError(f"empty image ({h}x{w})")
+    row_bytes = w * channels * dtype.itemsize
+    step = int(msg.step) or row_bytes
+    if step < row_bytes:
+        raise ImageConversionError(f"step {step} is smaller than a row ({row_bytes} bytes)")
+    if len(msg.data) < step * (h - 1) + row_bytes:
+        raise ImageConversionError(f"buffer has {len(msg.data)} bytes, {h}x{w} {enc} with step {step} needs "
+                                   f"{step * (h - 1) + row_bytes}")
+
+
+def image_to_pixels_builtin(msg: Image) -> np.ndarray:
+    """The project's own Image decoder (:func:`image_to_pixels` without cv_bridge)."""
     enc = msg.encoding
     if enc not in ENCODINGS:
         raise ImageConversionError(f"unsupported encoding {enc!r}; supported: {', '.join(ENCODINGS)}")
@@ -109,15 +168,84 @@ def array_to_image(arr: np.ndarray, encoding: str, stamp: Time | None = None, fr
         a = a[..., None]
     if a.dtype != dtype or a.shape[2] != channels:
         raise ImageConversionError(f"array {a.dtype} x{a.shape[2]} does not match {encoding}")
-    msg = Image()
+    if _BRIDGE is not None:
+        msg = _BRIDGE.cv2_to_imgmsg(a if channels > 1 else a[..., 0], encoding=encoding)
+    else:
+        msg = array_to_image_builtin(a, encoding)
     if stamp is not None:
         msg.header.stamp = stamp
     msg.header.frame_id = frame_id
+    return msg
+
+
+def array_to_image_builtin(a: np.ndarray, encoding: str) -> Image:
+    """The project's own Image encoder (``(H, W, C)`` contiguous, dtype already checked)."""
+    dtype, channels = ENCODINGS[encoding]
+    msg = Image()
     msg.height, msg.width = int(a.shape[0]), int(a.shape[1])
     msg.encoding = encoding
     msg.is_bigendian = int(sys.byteorder == "big")
     msg.step = int(a.shape[1] * channels * dtype.itemsize)
     msg.data = a.tobytes()
+    return msg
+
+
+# --------------------------------------------------------------------------- compressed images
+
+_COMPRESSED_DEPTH_HEADER = 12  # compressed_depth_image_transport's ConfigHeader: format (int32), 2 floats
+
+
+def compressed_format(fmt: str) -> tuple[str, str, bool]:
+    """``(original encoding or "", codec "png"/"jpeg", compressedDepth?)`` of a CompressedImage format.
+
+    image_transport's compressed plugin writes ``"<encoding>; <png|jpeg> compressed [<target>]"``,
+    compressed_depth's ``"<encoding>; compressedDepth [png]"``; other publishers (and ROS 1 bags) write
+    ``"png"``, ``"jpeg"`` or ``"jpg"``. Raises :class:`ImageConversionError` for anything else.
+    """
+    original, _, rest = fmt.strip().rpartition(";")
+    words = rest.lower().replace(",", " ").split()
+    if "compresseddepth" in words:
+        return original.strip(), "png", True
+    codec = next((w for w in words if w in ("png", "jpeg", "jpg")), None)
+    if codec is None:
+        raise ImageConversionError(f"unsupported CompressedImage format {fmt!r}: expected png or jpeg "
+                                   "(e.g. 'mono16; png compressed', 'bgr8; jpeg compressed bgr8', 'png')")
+    return original.strip(), "jpeg" if codec == "jpg" else codec, False
+
+
+def compressed_to_array(msg: CompressedImage) -> np.ndarray:
+    """Decode a CompressedImage into an ``(H, W)`` grey array (16-bit PNG stays 16-bit; colour to grey).
+
+    Raises:
+        ImageConversionError: an unknown format, or bytes OpenCV cannot decode.
+    """
+    _, codec, depth = compressed_format(msg.format)
+    data = bytes(msg.data)
+    if depth:
+        data = data[_COMPRESSED_DEPTH_HEADER:]
+    if not data:
+        raise ImageConversionError(f"empty CompressedImage ({msg.format!r})")
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.size == 0:
+        raise ImageConversionError(f"cannot decode {len(data)} bytes as {codec} ({msg.format!r}): corrupt or not "
+                                   f"{codec} data")
+    if arr.ndim == 3:  # OpenCV decodes colour as BGR(A), whatever the original encoding was
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2GRAY if arr.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+    return np.ascontiguousarray(arr)
+
+
+def array_to_compressed(arr: np.ndarray, encoding: str, codec: str = "png", stamp: Time | None = None,
+                        frame_id: str = "") -> CompressedImage:
+    """Encode an ``(H, W)`` grey array as image_transport's compressed plugin would (tests, simulator)."""
+    ok, buf = cv2.imencode(".png" if codec == "png" else ".jpg", np.ascontiguousarray(arr))
+    if not ok:
+        raise ImageConversionError(f"cv2 cannot encode {arr.dtype} {arr.shape} as {codec}")
+    msg = CompressedImage()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.format = f"{encoding}; {codec} compressed" + ("" if codec == "png" else f" {encoding}")
+    msg.data = buf.tobytes()
     return msg
 
 
@@ -248,3 +376,17 @@ def joints_to_message(joints: CArmJoints, names: JointNames, stamp: Time | None 
         msg.name.append(names.sdd)
         msg.position.append(joints.sdd_mm / 1000.0)
     return msg
+
+
+def bin_frame(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of ``factor`` x ``factor`` pixel blocks (a panel's binning), float32; ``factor`` 1: unchanged.
+
+    The mean, not the sum, so intensities keep their scale (``image.i0`` stays in the panel's
+    units). Raises ``ValueError`` when ``factor`` does not divide both sizes.
+    """
+    if factor == 1:
+        return pixels
+    h, w = pixels.shape
+    if h % factor or w % factor:
+        raise ValueError(f"binning {factor} does not divide the frame size {h}x{w}")
+    return pixels.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3), dtype=np.float32)

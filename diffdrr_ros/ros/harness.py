@@ -19,7 +19,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
@@ -77,26 +77,35 @@ def _param_text(v: object) -> str:
 
 
 class GraphClient:
-    """Publishes frames and joints, records /tf, /tf_static, overlays and diagnostics."""
+    """Publishes frames and joints, records /tf, /tf_static, overlays (and their CameraInfo) and diagnostics.
+
+    ``image_transport="compressed"``: ``image_pub`` publishes ``sensor_msgs/CompressedImage`` on
+    ``<image_topic>/compressed`` (a node with ``image.transport: compressed``).
+    """
 
     def __init__(self, node_name: str = "diffdrr_registration", image_topic: str = "fluoro/image",
-                 joint_topic: str = "carm/joint_states") -> None:
+                 joint_topic: str = "carm/joint_states", image_transport: str = "raw") -> None:
         self.ctx = rclpy.Context()
         rclpy.init(context=self.ctx)
         self.node = rclpy.create_node("diffdrr_client", context=self.ctx)
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.image_pub = self.node.create_publisher(Image, image_topic, reliable)
+        if image_transport == "compressed":
+            self.image_pub = self.node.create_publisher(CompressedImage, f"{image_topic}/compressed", reliable)
+        else:
+            self.image_pub = self.node.create_publisher(Image, image_topic, reliable)
         self.joint_pub = self.node.create_publisher(JointState, joint_topic, 50)
         self.tf: list[tuple[float, TFMessage]] = []  # (receive time.monotonic(), message)
         self.static: list[TFMessage] = []
         self.overlays: list[Image] = []
+        self.overlay_infos: list[CameraInfo] = []
         self.diags: list[DiagnosticArray] = []
         self.poses: list[PoseWithCovarianceStamped] = []
         self.node.create_subscription(TFMessage, "/tf", lambda m: self.tf.append((time.monotonic(), m)), 100)
         self.node.create_subscription(TFMessage, "/tf_static", self.static.append, TF_STATIC_QOS)
         self.node.create_subscription(Image, f"{node_name}/overlay", self.overlays.append, 5)
+        self.node.create_subscription(CameraInfo, f"{node_name}/overlay/camera_info", self.overlay_infos.append, 5)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diags.append, 50)
         self.node.create_subscription(PoseWithCovarianceStamped, f"{node_name}/ct_pose", self.poses.append, 10)
         self.reregister = self.node.create_client(Trigger, f"{node_name}/reregister")
@@ -141,11 +150,19 @@ class GraphClient:
                     return s
         return None
 
+    def status_named(self, suffix: str, after: int = 0):
+        """The latest DiagnosticStatus whose name ends with ``suffix`` (e.g. ``"topic status"``), or None."""
+        for d in reversed(self.diags[after:]):
+            for s in d.status:
+                if s.name.endswith(suffix):
+                    return s
+        return None
+
     def wait_for_node(self, proc: NodeProcess, timeout: float = 90.0) -> bool:
         """The node is up once it latched its static transform and its subscriptions matched our publishers.
 
         Without the second condition a first frame published right away can be lost to discovery
-        (the image subscription is best effort: no retransmission).
+        (before the match there is no reader to deliver it to, reliable or not).
         """
         up = self.spin_until(lambda: bool(self.static) or not proc.alive(), timeout) and proc.alive()
         return up and self.spin_until(lambda: (self.image_pub.get_subscription_count() > 0

@@ -51,6 +51,13 @@ PARAMS: list[Param] = [
     Param("detector.principal_point_mm", [0.0, 0.0], "principal point offset from the detector centre, mm", True),
     Param("use_camera_info", False, "take detector size and principal point from CameraInfo", True),
     # How frames are read
+    Param("image.transport", "raw", "how frames arrive: raw (sensor_msgs/Image on topics.image) or compressed "
+          "(sensor_msgs/CompressedImage on <topics.image>/compressed, png or jpeg as image_transport's compressed "
+          "plugin publishes them; 16-bit png stays 16-bit); also for plane B", True, choices=("raw", "compressed")),
+    Param("image.binning", 1, "bin frames by this factor per side (mean of b x b pixels) as they arrive, before "
+          "anything else: detector.height x detector.width (and the pitch) are the panel's as delivered, the "
+          "registration works on (height/b) x (width/b) pixels of b x the pitch (a 1024 px panel: 8 -> 128 px; "
+          "docs/image-streams.md); must divide both sizes", True, (1, 64)),
     Param("image.log_transform", True, "frames are raw intensities: register -log(I/I0)"),
     Param("image.i0", 0.0, "unattenuated intensity I0 for the log transform (0: frame maximum)", False, (0.0, 1e9)),
     Param("image.invert", False, "negate frames after the log transform"),
@@ -164,6 +171,9 @@ PARAMS: list[Param] = [
     Param("frames.carm", "carm_isocenter", "fixed C-arm frame: parent of the CT frame on /tf", True),
     Param("frames.ct", "ct", "CT frame (child); LPS axes of the volume, metres", True),
     Param("frames.source", "carm_source_optical", "X-ray source frame (z along the beam), on /tf", True),
+    Param("frames.detector", "carm_detector_optical", "detector frame on /tf (centre of the detector, axes as "
+          "frames.source), for every frame paired with joints; name it as the images' frame_id ('' to not "
+          "publish it, e.g. when a C-arm URDF does)", True),
     Param("frames.world", "world", "parent of the C-arm frame on /tf_static ('' to not publish it)", True),
     Param("frames.world_to_carm", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "world->C-arm static transform: x y z (m) "
           "roll pitch yaw (rad)", True),
@@ -171,7 +181,24 @@ PARAMS: list[Param] = [
     Param("topics.camera_info", "fluoro/camera_info", "detector intrinsics (sensor_msgs/CameraInfo)", True),
     Param("topics.image_b", "fluoro_b/image", "plane B frames (sensor_msgs/Image), with biplane.enabled", True),
     Param("topics.joint_states", "carm/joint_states", "C-arm and table joints (sensor_msgs/JointState)", True),
-    Param("qos.image_reliability", "best_effort", "image subscription reliability: best_effort or reliable", True),
+    Param("qos.image_reliability", "auto", "image subscription reliability: auto (reliable, or best effort while a "
+          "publisher of the topic offers only best effort: a reliable subscription would not match it), reliable, "
+          "best_effort (frames above ~256 px a side are lost on loopback unless both sides use "
+          "config/fastdds_large_frames.xml; docs/image-streams.md)", True, choices=("auto", "reliable", "best_effort")),
+    Param("qos.image_depth", 2, "image subscription depth (keep last): a busy node never builds a backlog", True,
+          (1, 100)),
+    # Input stream status on /diagnostics (diagnostic_updater's FrequencyStatus / TimeStampStatus)
+    Param("topic_status.image.min_hz", 1.0, "lowest expected frame rate, Hz (below: WARN 'Frequency too low.'; "
+          "none in the window: ERROR 'No events recorded.')", True, (0.0, 1000.0)),
+    Param("topic_status.image.max_hz", 30.0, "highest expected frame rate, Hz", True, (0.0, 1000.0)),
+    Param("topic_status.joint_states.min_hz", 5.0, "lowest expected joint-state rate, Hz", True, (0.0, 10000.0)),
+    Param("topic_status.joint_states.max_hz", 1000.0, "highest expected joint-state rate, Hz", True, (0.0, 10000.0)),
+    Param("topic_status.tolerance", 0.1, "relative tolerance on the rates above", True, (0.0, 10.0)),
+    Param("topic_status.window", 5, "diagnostics periods the rates are measured over", True, (1, 1000)),
+    Param("topic_status.min_delay_s", -1.0, "earliest acceptable stamp delay (now - header stamp), s (below: ERROR "
+          "'Timestamps too far in future seen.')", True, (-3600.0, 3600.0)),
+    Param("topic_status.max_delay_s", 5.0, "latest acceptable stamp delay, s (above: ERROR 'Timestamps too far in "
+          "past seen.')", True, (-3600.0, 3600.0)),
     # Outputs
     Param("overlay.mode", "edges", "overlay style: edges or blend", choices=("edges", "blend")),
     Param("diagnostics_period_s", 1.0, "diagnostics publishing period, s", True, (0.05, 60.0)),

@@ -5,11 +5,16 @@ Thin glue over :mod:`diffdrr_ros.core`: parameters in, messages converted, the c
 
 Interfaces (names relative to the node's namespace; see README):
 
-* subscribes ``fluoro/image`` (Image, sensor-data QoS), ``carm/joint_states``
-  (JointState), optionally ``fluoro/camera_info`` (CameraInfo);
-* publishes ``/tf`` (carm -> ct, carm -> source, stamped with the image time),
-  ``/tf_static`` (world -> carm), ``~/ct_pose`` (PoseWithCovarianceStamped),
-  ``~/overlay`` (Image rgb8), ``/diagnostics`` (DiagnosticArray);
+* subscribes ``fluoro/image`` (Image; or CompressedImage on ``fluoro/image/compressed`` with
+  ``image.transport: compressed``; reliable unless the publishers are best effort,
+  :func:`.qos.image_qos`), ``carm/joint_states`` (JointState), optionally
+  ``fluoro/camera_info`` (CameraInfo);
+* publishes ``/tf`` (carm -> source and carm -> detector for every frame paired with joints,
+  carm -> ct for known poses, stamped with the image time), ``/tf_static`` (world -> carm),
+  ``~/ct_pose`` (PoseWithCovarianceStamped), ``~/overlay`` (Image rgb8) with
+  ``~/overlay/camera_info`` (CameraInfo: the source as the pinhole), ``/diagnostics``
+  (DiagnosticArray: the registration, and each input topic's frequency / stamp status as
+  diagnostic_updater reports them, :mod:`.topic_status`);
 * services ``~/reregister`` and ``~/reset`` (std_srvs/Trigger).
 
 Frames arriving while a registration runs replace the waiting one (latest wins).
@@ -33,12 +38,13 @@ import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State as LifecycleState
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CameraInfo, Image, JointState
+from rclpy.qos import ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
@@ -68,6 +74,8 @@ from .conversions import (
     JointNames,
     JointStateError,
     array_to_image,
+    bin_frame,
+    compressed_to_array,
     covariance_to_ros,
     image_to_array,
     joints_from_message,
@@ -78,8 +86,9 @@ from .conversions import (
     xyz_rpy_to_matrix,
 )
 from .params import PARAMS, check_choices
-from .qos import TF_QOS, TF_STATIC_QOS
+from .qos import TF_QOS, TF_STATIC_QOS, image_qos
 from .runtime import StartupError, load_ct, run_node
+from .topic_status import TopicStatus, TopicStatusParams
 
 #: Overlay edge colours (rgb8): on /tf, registered but held back (depth unresolved), rejected by a gate.
 PUBLISHED, HELD_BACK, REJECTED = (0, 255, 0), (255, 191, 0), (255, 0, 0)
@@ -142,9 +151,9 @@ class NodeStats:
 class Frame:
     """A decoded frame ready to register: the raw pixels, the fixed image, its mask and joints."""
 
-    msg: Image
+    msg: Image | CompressedImage
     stamp: float  # s
-    pixels: np.ndarray  # (H, W) as received
+    pixels: np.ndarray  # (H, W) as received, binned to the working size (image.binning)
     fixed: torch.Tensor  # (H, W) DRR-like units (prepare_fixed)
     mask: np.ndarray | None  # (H, W) exposed pixels, or None
     joints: CArmJoints
@@ -181,6 +190,8 @@ class RegistrationGlue:
         self._running = False
         self._worker: threading.Thread | None = None
         self._subscriptions_held: list = []
+        self._image_subs: dict[str, tuple[object, str, object]] = {}  # key -> (subscription, topic, callback)
+        self.topic_status: dict[str, TopicStatus] = {}  # input topic statuses on /diagnostics (see _configure)
         self._configured: list = []  # publishers, services, timers, callbacks made by _configure
         self.registrar: Registrar | None = None
 
@@ -200,10 +211,12 @@ class RegistrationGlue:
         for key in ("carm", "ct", "source"):
             if not self.frames[key]:
                 raise StartupError(f"frames.{key} must not be empty (tf2 rejects empty frame ids)")
-        self.detector = self._detector_from_params()
+        self.frames["detector"] = self._p("frames.detector")
+        self.binning = int(self._p("image.binning"))
+        self.detector = self._working_detector(self._detector_from_params())  # the registration's size
         self.detector_b = None  # plane B's own intrinsics (None: plane A's)
         if self._p("biplane.enabled") and self._p("detector_b.height") > 0:
-            self.detector_b = self._detector_from_params("detector_b")
+            self.detector_b = self._working_detector(self._detector_from_params("detector_b"))
         values = [float(v) for v in self._p("biplane.cam_b_from_cam_a")]
         if len(values) != 6:
             raise StartupError("biplane.cam_b_from_cam_a needs 6 values: x y z (m) roll pitch yaw (rad)")
@@ -231,13 +244,15 @@ class RegistrationGlue:
         self.tf_static_pub = self.create_publisher(TFMessage, "/tf_static", TF_STATIC_QOS)
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/ct_pose", 10)
         self.overlay_pub = self.create_publisher(Image, "~/overlay", 2)
+        self.overlay_info_pub = self.create_publisher(CameraInfo, "~/overlay/camera_info", 2)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.topic_status = self._topic_statuses()
         self._configured = [
             ("publisher", self.tf_pub), ("publisher", self.tf_static_pub), ("publisher", self.pose_pub),
-            ("publisher", self.overlay_pub), ("publisher", self.diag_pub),
+            ("publisher", self.overlay_pub), ("publisher", self.overlay_info_pub), ("publisher", self.diag_pub),
             ("service", self.create_service(Trigger, "~/reregister", self._on_reregister)),
             ("service", self.create_service(Trigger, "~/reset", self._on_reset)),
-            ("timer", self.create_timer(self._p("diagnostics_period_s"), self._publish_diagnostics)),
+            ("timer", self.create_timer(self._p("diagnostics_period_s"), self._on_diagnostics_timer)),
         ]
         # rclpy keeps the callback objects: _cleanup removes exactly these.
         validate, apply = self._validate_parameters, self._apply_parameters
@@ -250,16 +265,13 @@ class RegistrationGlue:
     def _activate(self) -> None:
         """Publish the static TF, subscribe to the inputs, start the worker."""
         self._publish_static()
-        image_qos = qos_profile_sensor_data
-        if self._p("qos.image_reliability") == "reliable":
-            image_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self._subscriptions_held = [
-            self.create_subscription(Image, self._p("topics.image"), self._on_image, image_qos),
             self.create_subscription(JointState, self._p("topics.joint_states"), self._on_joints, 50),
         ]
+        self._image_subs = {}
+        self._subscribe_image("image", self._image_topic(self._p("topics.image")), self._on_image)
         if self._p("biplane.enabled"):
-            self._subscriptions_held.append(
-                self.create_subscription(Image, self._p("topics.image_b"), self._on_image_b, image_qos))
+            self._subscribe_image("image_b", self._image_topic(self._p("topics.image_b")), self._on_image_b)
         if self._p("use_camera_info"):
             self._subscriptions_held.append(
                 self.create_subscription(CameraInfo, self._p("topics.camera_info"), self._on_camera_info, 5))
@@ -272,9 +284,10 @@ class RegistrationGlue:
 
     def _deactivate(self) -> None:
         """Stop taking frames: unsubscribe, finish the frame in hand, stop the worker."""
-        for sub in self._subscriptions_held:
+        for sub in self._subscriptions_held + [sub for sub, _, _ in self._image_subs.values()]:
             self.destroy_subscription(sub)
         self._subscriptions_held = []
+        self._image_subs = {}
         self._running = False
         if self._worker is not None:
             self._worker.join(timeout=30.0)
@@ -317,6 +330,107 @@ class RegistrationGlue:
         except ValueError as exc:
             raise StartupError(f"bad {prefix} parameters: {exc}") from exc
 
+    def _working_detector(self, det: Detector) -> Detector:
+        """The detector the registration works on: ``det`` (frames as delivered) binned by ``image.binning``."""
+        b = self.binning
+        if det.height % b or det.width % b:
+            raise StartupError(f"image.binning {b} must divide the detector size {det.height}x{det.width}")
+        work = det.scaled(b) if b > 1 else det
+        if max(work.shape) > 256:
+            self.get_logger().warning(
+                f"frames of {det.height}x{det.width} px are registered at {work.height}x{work.width}: slow; set "
+                f"image.binning (e.g. {max(2, max(det.shape) // 128)}) to register at ~128 px "
+                "(docs/image-streams.md)")
+        return work
+
+    def _image_topic(self, topic: str) -> str:
+        """The topic frames come on: ``topic``, or ``topic/compressed`` (image_transport's name) when compressed."""
+        return f"{topic}/compressed" if self._p("image.transport") == "compressed" else topic
+
+    def _topic_statuses(self) -> dict[str, TopicStatus]:
+        """Frequency / stamp-delay / stamp-gap status of each input (``topic_status.*``)."""
+        def params(kind: str) -> TopicStatusParams:
+            lo, hi = self._p(f"topic_status.{kind}.min_hz"), self._p(f"topic_status.{kind}.max_hz")
+            return TopicStatusParams(lo, hi, self._p("topic_status.tolerance"), self._p("topic_status.window"),
+                                     self._p("topic_status.min_delay_s"), self._p("topic_status.max_delay_s"))
+
+        def clock() -> float:
+            return self.get_clock().now().nanoseconds * 1e-9
+
+        topics = {"image": ("image", self._image_topic(self._p("topics.image"))),
+                  "joint_states": ("joint_states", self._p("topics.joint_states"))}
+        if self._p("biplane.enabled"):
+            topics["image_b"] = ("image", self._image_topic(self._p("topics.image_b")))
+        try:
+            return {key: TopicStatus(self.resolve_topic_name(topic), params(kind), clock, gaps=kind == "image")
+                    for key, (kind, topic) in topics.items()}
+        except ValueError as exc:
+            raise StartupError(f"bad topic_status parameters: {exc}") from exc
+
+    def _subscribe_image(self, key: str, topic: str, callback) -> None:
+        """(Re)subscribe ``key``'s frames on ``topic`` with :func:`.qos.image_qos` for its current publishers."""
+        old = self._image_subs.pop(key, None)
+        if old is not None:
+            self.destroy_subscription(old[0])
+        offered = [info.qos_profile for info in self.get_publishers_info_by_topic(topic)]
+        qos = image_qos(self._p("qos.image_reliability"), self._p("qos.image_depth"), offered)
+        msg_type = CompressedImage if self._p("image.transport") == "compressed" else Image
+        events = SubscriptionEventCallbacks(
+            message_lost=lambda info, k=key: self._on_message_lost(k, info),
+            incompatible_qos=lambda info, t=topic: self.get_logger().warning(
+                f"a publisher of {t} offers a QoS this subscription cannot match ({info.last_policy_kind}); "
+                "with qos.image_reliability auto the node re-subscribes within a diagnostics period",
+                throttle_duration_sec=10.0))
+        try:
+            sub = self.create_subscription(msg_type, topic, callback, qos, event_callbacks=events)
+        except Exception as exc:  # an rmw without the message-lost event: subscribe without the events
+            self.get_logger().info(f"{topic}: no DDS message-lost events ({exc})")
+            sub = self.create_subscription(msg_type, topic, callback, qos)
+        self._image_subs[key] = (sub, topic, callback)
+        self.get_logger().info(f"frames from {self.resolve_topic_name(topic)} ({msg_type.__name__}, "
+                               f"{qos.reliability.name.lower()}, keep last {qos.depth})")
+
+    def _check_image_qos(self) -> None:
+        """``qos.image_reliability: auto``: follow the publishers (a best-effort one appeared, or went)."""
+        if self._p("qos.image_reliability") != "auto":
+            return
+        for key, (sub, topic, callback) in list(self._image_subs.items()):
+            offered = [info.qos_profile for info in self.get_publishers_info_by_topic(topic)]
+            if not offered:
+                continue  # nothing to match yet (or any more): keep what there is
+            want = image_qos("auto", self._p("qos.image_depth"), offered).reliability
+            if want != sub.qos_profile.reliability:
+                if want == ReliabilityPolicy.BEST_EFFORT:
+                    self.get_logger().warning(
+                        f"a publisher of {topic} offers best effort only: subscribing best effort (frames above "
+                        "~256 px a side may be lost on the way; both processes with config/fastdds_large_frames.xml "
+                        "or a reliable publisher keep them; docs/image-streams.md)")
+                self._subscribe_image(key, topic, callback)
+
+    def _on_message_lost(self, key: str, info) -> None:
+        status = self.topic_status.get(key)
+        if status is not None:
+            with self._lock:
+                status.extra["Messages lost (DDS)"] = int(info.total_count)
+        self.get_logger().warning(f"{info.total_count_change} message(s) lost on the way to "
+                                  f"{status.topic if status else key} ({info.total_count} in all)",
+                                  throttle_duration_sec=5.0)
+
+    def _tick_topic(self, key: str, stamp: float) -> None:
+        """An input message stamped ``stamp`` (s) arrived; stamp gaps (frames missing) are logged, throttled."""
+        status = self.topic_status.get(key)
+        if status is None:
+            return
+        missing = status.tick(stamp)
+        if missing:
+            with self._lock:
+                self.stats.notes["frames_missing_stamp_gaps"] = self.stats.notes.get("frames_missing_stamp_gaps",
+                                                                                     0) + missing
+            median = status.gaps.median_interval() or 0.0
+            self.get_logger().warning(f"{missing} frame(s) missing on {status.topic} before stamp {stamp:.3f} s "
+                                      f"(stamps usually {median:.3f} s apart; {status.gaps.missing} missing in all)",
+                                      throttle_duration_sec=5.0)
+
     def _config(self, overrides: dict | None = None, tracking: bool = False, wide: bool = False) -> RegistrationConfig:
         def get(n):
             return overrides[n] if overrides and n in overrides else self._p(n)
@@ -354,6 +468,7 @@ class RegistrationGlue:
     # ------------------------------------------------------------------ callbacks (executor thread)
 
     def _on_joints(self, msg: JointState) -> None:
+        self._tick_topic("joint_states", stamp_to_seconds(msg.header.stamp))
         try:
             joints = joints_from_message(msg, self.joint_names)
         except JointStateError as exc:
@@ -372,11 +487,13 @@ class RegistrationGlue:
         with self._lock:
             self._camera_info = msg
 
-    def _on_image_b(self, msg: Image) -> None:
+    def _on_image_b(self, msg: Image | CompressedImage) -> None:
+        self._tick_topic("image_b", stamp_to_seconds(msg.header.stamp))
         with self._lock:
             self._frames_b.append(msg)
 
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        self._tick_topic("image", stamp_to_seconds(msg.header.stamp))
         with self._lock:
             self.stats.frames_received += 1
         self._slot.put((msg, time.perf_counter()), stamp_to_seconds(msg.header.stamp))
@@ -426,7 +543,7 @@ class RegistrationGlue:
         return joints_b, abs(stamp - t)
 
     def _detector_from_camera_info(self, info: CameraInfo) -> Detector:
-        """Size, principal point and SDD from a calibrated CameraInfo (pixel pitch from parameters)."""
+        """Size, principal point and SDD from a calibrated CameraInfo (pixel pitch from parameters), as delivered."""
         sid = self._p("detector.sid_mm")
         return Detector.from_intrinsic_matrix(info.k, int(info.height), int(info.width),
                                               tuple(self._p("detector.pixel_spacing_mm")),
@@ -440,6 +557,9 @@ class RegistrationGlue:
             return
         try:
             det = self._detector_from_camera_info(info)
+            if det.height % self.binning or det.width % self.binning:
+                raise ValueError(f"image.binning {self.binning} does not divide its size {det.height}x{det.width}")
+            det = det.scaled(self.binning) if self.binning > 1 else det  # the working detector
         except ValueError as exc:
             self._reject(f"camera info ignored: {exc}", count=False)
             with self._lock:
@@ -661,6 +781,7 @@ class RegistrationGlue:
         if problem:
             self._reject(f"bad joint state: {problem}")
             return None
+        self._publish_camera_frames(joints, msg.header.stamp)
         return Frame(msg, stamp, pixels, fixed, mask, joints, age)
 
     def _plane_b(self, frame: Frame) -> list[View]:
@@ -691,17 +812,33 @@ class RegistrationGlue:
             cam_b_from_cam_a = cam_from_iso(near[0]) @ invert_transform(cam_from_iso(frame.joints))
         return [View(fixed, cam_b_from_cam_a, mask, self.detector_b)]
 
-    def _prepare_image(self, msg: Image, det: Detector) -> tuple[np.ndarray, torch.Tensor, np.ndarray | None]:
+    def _prepare_image(self, msg: Image | CompressedImage, det: Detector
+                       ) -> tuple[np.ndarray, torch.Tensor, np.ndarray | None]:
         """Pixels, fixed image (DRR-like units) and exposed-pixel mask of a frame for ``det`` (``image.*``).
 
-        Raises ``ValueError`` (conversion, size, pixel values) with the reason as the node reports it.
+        ``det`` is the working detector: the frame must have ``image.binning`` times its size and is
+        binned first (before the log transform and everything else). Raises ``ValueError``
+        (conversion, size, pixel values) with the reason as the node reports it.
         """
-        try:
-            pixels = image_to_array(msg)
-        except ImageConversionError as exc:
-            raise ValueError(f"bad image: {exc}") from exc
-        if pixels.shape != det.shape:
-            raise ValueError(f"wrong image size {pixels.shape[0]}x{pixels.shape[1]}, expected {det.height}x{det.width}")
+        if isinstance(msg, CompressedImage):
+            try:
+                pixels = compressed_to_array(msg)
+            except ImageConversionError as exc:
+                with self._lock:
+                    self.stats.notes["compressed_decode_errors"] = self.stats.notes.get("compressed_decode_errors",
+                                                                                        0) + 1
+                raise ValueError(f"bad compressed image: {exc}") from exc
+        else:
+            try:
+                pixels = image_to_array(msg)
+            except ImageConversionError as exc:
+                raise ValueError(f"bad image: {exc}") from exc
+        b = self.binning
+        if pixels.shape != (det.height * b, det.width * b):
+            binned = f" (binned by {b} to {det.height}x{det.width})" if b > 1 else ""
+            raise ValueError(f"wrong image size {pixels.shape[0]}x{pixels.shape[1]}, expected "
+                             f"{det.height * b}x{det.width * b}{binned}")
+        pixels = bin_frame(pixels, b)
         i0, log = self._p("image.i0"), self._p("image.log_transform")
         try:
             fixed = prepare_fixed(pixels, log_transform=log, i0=i0 if i0 > 0 else None, invert=self._p("image.invert"))
@@ -816,13 +953,30 @@ class RegistrationGlue:
         return covariance_to_ros(cov.about_origin(r_iso_cam))
 
     def _publish_tf(self, iso_ct: torch.Tensor, joints: CArmJoints, stamp) -> None:
-        sid = float(self.detector.sid)
-        iso_source = invert_transform(cam_from_iso(joints)) @ make_transform(
-            torch.eye(3, dtype=torch.float64), torch.tensor([0.0, 0.0, -sid], dtype=torch.float64))
+        """The CT's pose (known poses only; the camera frames went out with the frame: _publish_camera_frames)."""
         self.tf_pub.publish(TFMessage(transforms=[
-            stamped_transform(iso_ct, self.frames["carm"], self.frames["ct"], stamp),
-            stamped_transform(iso_source, self.frames["carm"], self.frames["source"], stamp),
-        ]))
+            stamped_transform(iso_ct, self.frames["carm"], self.frames["ct"], stamp)]))
+
+    def _publish_camera_frames(self, joints: CArmJoints, stamp) -> None:
+        """Where the C-arm's joints put the source and the detector at ``stamp`` (whatever the registration gives).
+
+        ``frames.source``: the X-ray source, the pinhole of ``~/overlay/camera_info``; ``frames.detector``: the
+        detector's centre (the images' frame), ``SDD - SID`` beyond the isocentre, offset by the principal point;
+        both with the ``cam`` axes (x along columns, y along rows, z along the beam: an optical frame).
+        """
+        det = self.detector
+        sid, sdd = float(det.sid), float(det.sdd_mm)
+        x0, y0 = (float(v) for v in det.principal_point_mm)
+        iso_cam = invert_transform(cam_from_iso(joints))
+        eye = torch.eye(3, dtype=torch.float64)
+        transforms = [stamped_transform(iso_cam @ make_transform(eye, torch.tensor([0.0, 0.0, -sid],
+                                                                                    dtype=torch.float64)),
+                                        self.frames["carm"], self.frames["source"], stamp)]
+        if self.frames["detector"]:
+            transforms.append(stamped_transform(
+                iso_cam @ make_transform(eye, torch.tensor([x0, y0, sdd - sid], dtype=torch.float64)),
+                self.frames["carm"], self.frames["detector"], stamp))
+        self.tf_pub.publish(TFMessage(transforms=transforms))
 
     def _publish_pose(self, iso_ct: torch.Tensor, stamp, covariance: list[float]) -> None:
         pose = PoseWithCovarianceStamped()
@@ -833,14 +987,42 @@ class RegistrationGlue:
         self.pose_pub.publish(pose)
 
     def _publish_overlay(self, frame: Frame, result: RegistrationResult, color: tuple[int, int, int]) -> None:
-        """The frame with the DRR's edges at the registered pose, only while someone subscribes."""
+        """The frame with the DRR's edges at the registered pose, and its CameraInfo, only while someone subscribes.
+
+        Both in ``frames.source`` (the pinhole of the projection, on /tf at the frame's stamp), at the
+        registration's working resolution: K = [SDD/dx 0 cx; 0 SDD/dy cy; 0 0 1] of the working detector.
+        """
+        stamp, frame_id = frame.msg.header.stamp, self.frames["source"]
+        if self.overlay_info_pub.get_subscription_count() > 0 or self.overlay_pub.get_subscription_count() > 0:
+            self.overlay_info_pub.publish(self._overlay_camera_info(stamp, frame_id))
         if self.overlay_pub.get_subscription_count() == 0:
             return
         drr = self.registrar.render(result.pose[None])[0].cpu().numpy()
         rgb = overlay(frame.fixed.cpu().numpy(), drr, mode=self._p("overlay.mode"), color=color)
-        self.overlay_pub.publish(array_to_image(rgb, "rgb8", frame.msg.header.stamp, frame.msg.header.frame_id))
+        self.overlay_pub.publish(array_to_image(rgb, "rgb8", stamp, frame_id))
 
-    def _publish_diagnostics(self) -> None:
+    def _overlay_camera_info(self, stamp, frame_id: str) -> CameraInfo:
+        """The working detector as a pinhole camera at the source (no distortion), for rviz and image_geometry."""
+        det = self.detector
+        k = [float(v) for v in det.intrinsic_matrix().reshape(-1).tolist()]
+        info = CameraInfo(height=int(det.height), width=int(det.width), distortion_model="plumb_bob",
+                          d=[0.0] * 5, k=k, r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                          p=[k[0], k[1], k[2], 0.0, k[3], k[4], k[5], 0.0, 0.0, 0.0, 1.0, 0.0])
+        info.header.stamp, info.header.frame_id = stamp, frame_id
+        return info
+
+    def _on_diagnostics_timer(self) -> None:
+        """Every ``diagnostics_period_s``: the image QoS follows its publishers, then all statuses go out."""
+        try:
+            self._check_image_qos()
+        except Exception as exc:  # a graph query failing must not stop the diagnostics
+            self.get_logger().warning(f"image QoS check failed: {type(exc).__name__}: {exc}",
+                                      throttle_duration_sec=30.0)
+        self._publish_diagnostics(topics=True)
+
+    def _publish_diagnostics(self, topics: bool = False) -> None:
+        """The registration's status; with ``topics`` (the timer: their windows are diagnostics periods) also
+        each input topic's, named ``<node>: <topic> topic status`` as diagnostic_updater names them."""
         with self._lock:
             s = self.stats
             values = {
@@ -856,7 +1038,13 @@ class RegistrationGlue:
             status = DiagnosticStatus(level=s.level, name="diffdrr_ros: registration", message=s.message,
                                       hardware_id=str(self.registrar.device),
                                       values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-        arr = DiagnosticArray(status=[status])
+            statuses = [status]
+            for ts in self.topic_status.values() if topics else ():
+                r = ts.report()
+                statuses.append(DiagnosticStatus(level=bytes([r.level]), name=f"{self.get_name()}: {ts.name}",
+                                                 message=r.message, hardware_id=str(self.registrar.device),
+                                                 values=[KeyValue(key=k, value=v) for k, v in r.values]))
+        arr = DiagnosticArray(status=statuses)
         arr.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(arr)
 
