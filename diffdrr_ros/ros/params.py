@@ -39,6 +39,10 @@ class Param:
 PARAMS: list[Param] = [
     # The CT and where it runs
     Param("ct_path", "phantom:head", "CT: DICOM directory, .nii/.nii.gz, .npy, or phantom:<name> (built-in)", True),
+    Param("ct_series_uid", "", "SeriesInstanceUID to load from a DICOM directory holding several ('': the only one)",
+          True),
+    Param("ct_allow_gantry_tilt", False, "load a DICOM series acquired with a tilted gantry (sheared slices) instead "
+          "of refusing it", True),
     Param("ct_spacing_mm", [1.0, 1.0, 1.0], "voxel size (mm) for a .npy CT", True),
     Param("ct_downsample", 1, "integer CT downsampling factor (speed vs detail)", True, (1, 16)),
     Param("device", "auto", "torch device: auto (CUDA when present), cpu, cuda, cuda:N", True),
@@ -181,6 +185,10 @@ PARAMS: list[Param] = [
     Param("topics.camera_info", "fluoro/camera_info", "detector intrinsics (sensor_msgs/CameraInfo)", True),
     Param("topics.image_b", "fluoro_b/image", "plane B frames (sensor_msgs/Image), with biplane.enabled", True),
     Param("topics.joint_states", "carm/joint_states", "C-arm and table joints (sensor_msgs/JointState)", True),
+    Param("topics.prior", "~/prior_pose", "CT placement prior (geometry_msgs/PoseStamped of the CT frame in "
+          "frames.carm, m; e.g. from igtl_bridge): the next frame registers from it with the wide search "
+          "('': not subscribed)",
+          True),
     Param("qos.image_reliability", "auto", "image subscription reliability: auto (reliable, or best effort while a "
           "publisher of the topic offers only best effort: a reliable subscription would not match it), reliable, "
           "best_effort (frames above ~256 px a side are lost on loopback unless both sides use "

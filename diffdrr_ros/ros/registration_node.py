@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import PoseWithCovarianceStamped
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import Node as LifecycleNode
@@ -48,7 +48,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
-from ..core.geometry import CArmJoints, Detector, cam_from_iso, initial_pose, iso_from_ct
+from ..core.geometry import CArmJoints, Detector, cam_from_iso, initial_pose, iso_from_ct, table_transform
 from ..core.geometry.rotations import invert_transform, make_transform
 from ..core.overlay import overlay
 from ..core.registration import (
@@ -80,6 +80,7 @@ from .conversions import (
     image_to_array,
     joints_from_message,
     matrix_to_pose,
+    pose_to_matrix,
     prior_from_parameters,
     stamp_to_seconds,
     stamped_transform,
@@ -229,7 +230,8 @@ class RegistrationGlue:
             self.joint_names_b = JointNames(lao=lao_b, cranial=cranial_b,
                                             detector_rotation=self._p("biplane.joints.detector_rotation"),
                                             sdd="", table=self.joint_names.table)
-        volume = load_ct(self._p("ct_path"), self._p("ct_spacing_mm"), self._p("ct_downsample"))
+        volume = load_ct(self._p("ct_path"), self._p("ct_spacing_mm"), self._p("ct_downsample"),
+                         series_uid=self._p("ct_series_uid"), allow_gantry_tilt=self._p("ct_allow_gantry_tilt"))
         try:
             self.registrar = Registrar(volume, self.detector, self._config(), device=self._p("device"))
         except (RuntimeError, ValueError) as exc:
@@ -275,6 +277,9 @@ class RegistrationGlue:
         if self._p("use_camera_info"):
             self._subscriptions_held.append(
                 self.create_subscription(CameraInfo, self._p("topics.camera_info"), self._on_camera_info, 5))
+        if self._p("topics.prior"):  # latched by its publisher: a prior sent before we started still arrives
+            self._subscriptions_held.append(
+                self.create_subscription(PoseStamped, self._p("topics.prior"), self._on_prior, TF_STATIC_QOS))
         with self._lock:
             self.stats.level, self.stats.message = DiagnosticStatus.OK, "waiting for frames"
             self.tracker.reregister()  # (re)activation: the first frame gets the wide search again
@@ -497,6 +502,34 @@ class RegistrationGlue:
         with self._lock:
             self.stats.frames_received += 1
         self._slot.put((msg, time.perf_counter()), stamp_to_seconds(msg.header.stamp))
+
+    def _on_prior(self, msg: PoseStamped) -> None:
+        """A CT placement prior, ``T_carm_ct`` now (m): kept as ``T_table_ct``; the next frame starts from it, wide."""
+        topic = self.resolve_topic_name(self._p("topics.prior"))
+        if msg.header.frame_id != self.frames["carm"]:
+            self._note("priors_rejected", f"prior on {topic} in frame {msg.header.frame_id!r}, not "
+                                          f"{self.frames['carm']!r}: ignored")
+            return
+        q = msg.pose.orientation
+        p = msg.pose.position
+        values = [q.x, q.y, q.z, q.w, p.x, p.y, p.z]
+        if not all(math.isfinite(v) for v in values) or abs(math.sqrt(q.x**2 + q.y**2 + q.z**2 + q.w**2) - 1) > 1e-3:
+            self._note("priors_rejected", f"prior on {topic} is not a rigid pose (non-finite values or a quaternion "
+                                          "of norm != 1): ignored")
+            return
+        with self._lock:
+            latest = max(self._joint_buffer, key=lambda sj: sj[0], default=None)
+        # The prior is T_iso_ct with the table where it is now; the node keeps T_table_ct (table at zero).
+        table = table_transform(latest[1]) if latest is not None else torch.eye(4, dtype=torch.float64)
+        table_ct = invert_transform(table) @ pose_to_matrix(msg.pose)
+        with self._lock:
+            self.prior = table_ct
+            self.tracker.reregister()
+            self.window.clear()
+            self.stats.notes["priors_received"] = self.stats.notes.get("priors_received", 0) + 1
+        where = "" if latest is not None else " (no joint state yet: the table taken at zero)"
+        self.get_logger().info(f"CT placement prior from {topic}{where}: the next frame registers from it "
+                               "with the wide search")
 
     def _on_reregister(self, request, response):
         with self._lock:

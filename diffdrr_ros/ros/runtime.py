@@ -16,14 +16,17 @@ class StartupError(RuntimeError):
     """A node cannot start (unreadable CT, bad geometry, unusable device)."""
 
 
-def load_ct(path: str, spacing_mm: list[float] | None = None, downsample: int = 1) -> Volume:
+def load_ct(path: str, spacing_mm: list[float] | None = None, downsample: int = 1, *, series_uid: str = "",
+            allow_gantry_tilt: bool = False) -> Volume:
     """The node's ``ct_path`` (``phantom:<name>`` or a file/directory); errors become :class:`StartupError`.
 
-    ``spacing_mm`` is the voxel size of a ``.npy`` file (other formats carry their own).
+    ``spacing_mm`` is the voxel size of a ``.npy`` file (other formats carry their own);
+    ``series_uid`` and ``allow_gantry_tilt`` as in :func:`~diffdrr_ros.core.volume.open_ct`.
     """
     try:
         spacing = tuple(spacing_mm) if spacing_mm is not None and path.endswith(".npy") else None
-        return open_ct(path, spacing_mm=spacing, downsample=downsample)
+        return open_ct(path, spacing_mm=spacing, downsample=downsample, series_uid=series_uid or None,
+                       allow_gantry_tilt=allow_gantry_tilt)
     except (VolumeLoadError, ValueError, OSError) as exc:
         raise StartupError(f"cannot load CT {path!r}: {exc}") from exc
 
