@@ -11,6 +11,8 @@ bags from ``ros2 bag record`` play here.
 * :func:`play` - replay a bag into the ROS graph (``diffdrr-ros bag play``).
 * :func:`score_bag` - registration accuracy and latency from recorded TF and ground truth
   (``diffdrr-ros bag score``).
+* :func:`frames_to_bag` - X-ray frame files (DICOM, cine, frames with sidecars) -> a bag the
+  node replays (``diffdrr-ros bag from-frames``).
 
 Importing this package is cheap: rclpy, rosbags and torch are imported by the functions
 that need them.
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .common import BAG_VERSION, DEFAULT_STORAGE, STORAGES, BagError
 
 if TYPE_CHECKING:
+    from .from_frames import frames_to_bag
     from .player import play
     from .recorder import record
     from .scoring import score_bag, score_records
@@ -35,6 +38,7 @@ __all__ = [
     "BagError",
     "BagWriter",
     "add_bag_parser",
+    "frames_to_bag",
     "play",
     "record",
     "record_messages",
@@ -50,6 +54,7 @@ _LAZY = {
     "score_bag": "scoring",
     "score_records": "scoring",
     "add_bag_parser": "cli",
+    "frames_to_bag": "from_frames",
 }
 
 

@@ -1,4 +1,4 @@
-"""``diffdrr-ros bag record|play|score`` (also ``python -m diffdrr_ros.bag ...``).
+"""``diffdrr-ros bag record|play|score|from-frames`` (also ``python -m diffdrr_ros.bag ...``).
 
 Building the parser imports nothing heavy; rclpy, rosbags and torch load when a command runs.
 """
@@ -66,6 +66,21 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_from_frames(args: argparse.Namespace) -> int:
+    from ..ros.conversions import JointNames
+    from .from_frames import format_summary, frames_to_bag
+
+    names = JointNames() if args.joint_names is None else JointNames(*args.joint_names)
+    result = frames_to_bag(
+        args.files, args.bag, storage=args.storage, encoding=args.encoding, i0=args.i0, timing=args.timing,
+        rate_hz=args.rate, start_s=args.start_time, frame_domain=args.frame_domain, frame_i0=args.frame_i0,
+        spacing_mm=tuple(args.spacing) if args.spacing else None, sdd_mm=args.sdd, sid_mm=args.sid,
+        topics={"image": args.image_topic, "joints": args.joint_states_topic, "camera_info": args.camera_info_topic},
+        frame_id=args.frame_id, joint_names=names)
+    print(format_summary(result))
+    return 0
+
+
 def _run(func):
     def wrapped(args: argparse.Namespace) -> int:
         try:
@@ -79,7 +94,8 @@ def _run(func):
 
 def add_bag_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``bag`` with ``record``, ``play`` and ``score`` to a sub-parser set (``diffdrr-ros``'s)."""
-    bag = sub.add_parser("bag", help="record, play and score rosbag2 bags (mcap/sqlite3) through rclpy",
+    bag = sub.add_parser("bag", help="record, play and score rosbag2 bags (mcap/sqlite3) through rclpy; "
+                                            "write one from X-ray frame files",
                          description="rosbag2 bags without rosbag2: rclpy moves the bytes, rosbags reads and "
                                      "writes the files (ros2 bag play/record compatible).")
     bsub = bag.add_subparsers(dest="bag_command", required=True)
@@ -137,7 +153,57 @@ def add_bag_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("out/bag_score"), help="where score.json/frames.csv/score.png go")
     p.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
     p.set_defaults(func=_run(cmd_score))
+
+    _add_from_frames_parser(bsub)
     return bag
+
+
+def _add_from_frames_parser(bsub: argparse._SubParsersAction) -> None:
+    from ..core.xray_files.frame_sidecar import FRAME_DOMAINS
+    from .from_frames import DEFAULT_FRAME_ID, DEFAULT_I0, DEFAULT_TOPICS, ENCODINGS, TIMINGS
+
+    p = bsub.add_parser(
+        "from-frames", help="stored X-ray frames (XA/RF/DX DICOM, cine, frames with sidecars) -> a bag for the node",
+        description="Each frame becomes an Image (mono16 intensities I0 exp(-L)), a JointState (the header's "
+                    "angles, rad; SDD, m) and a CameraInfo (K from SDD and pixel pitch), stamped with the frame "
+                    "time. Replay it with use_camera_info: true (the summary prints the parameters).")
+    p.add_argument("files", type=Path, nargs="+", metavar="FILE",
+                   help="frame files: DICOM (single- or multi-frame: each frame one message), or .npy/.png/.tif "
+                        "with the <file>.json sidecar 'diffdrr-ros render' writes")
+    p.add_argument("--bag", type=Path, required=True, help="bag directory to create (must not exist)")
+    p.add_argument("--storage", choices=STORAGES, default=DEFAULT_STORAGE, help="default: mcap (as rosbag2)")
+    p.add_argument("--encoding", choices=ENCODINGS, default="mono16",
+                   help="mono16: detector intensities round(I0 exp(-L)) for the node's image.log_transform: true "
+                        "(default); 32FC1: the line integrals L, for image.log_transform: false")
+    p.add_argument("--i0", type=float, default=DEFAULT_I0,
+                   help=f"intensity of an unattenuated ray in the mono16 frames (default {DEFAULT_I0:g}; run the node "
+                        "with image.i0 equal to it to recover L exactly, or 0: the frame maximum)")
+    p.add_argument("--timing", choices=TIMINGS, default="auto",
+                   help="frame stamps: dicom (AcquisitionDateTime / ContentTime, + FrameTimeVector / FrameTime for "
+                        "cine), rate (--rate in the order given), auto (dicom when every frame has a distinct "
+                        "time, else rate)")
+    p.add_argument("--rate", type=float, default=1.0, metavar="HZ", help="frames per second without DICOM times")
+    p.add_argument("--start-time", type=float, default=1000.0, metavar="S",
+                   help="stamp (s) of the first frame without DICOM times")
+    p.add_argument("--frame-domain", choices=FRAME_DOMAINS, default=None,
+                   help="what the files hold (default: what their header / sidecar says; must agree with it)")
+    p.add_argument("--frame-i0", type=float, default=None,
+                   help="unattenuated intensity of intensity files (default: the sidecar's, else each frame's "
+                        "maximum), as register's --i0")
+    p.add_argument("--spacing", type=float, nargs=2, metavar=("DY", "DX"), default=None,
+                   help="pixel pitch (mm) for every file, overriding or supplying ImagerPixelSpacing")
+    p.add_argument("--sdd", type=float, default=None,
+                   help="source-to-detector distance (mm) for every file (DistanceSourceToDetector)")
+    p.add_argument("--sid", type=float, default=None,
+                   help="source-to-isocentre distance (mm) for every file (DistanceSourceToPatient)")
+    p.add_argument("--image-topic", default=DEFAULT_TOPICS["image"])
+    p.add_argument("--joint-states-topic", default=DEFAULT_TOPICS["joints"])
+    p.add_argument("--camera-info-topic", default=DEFAULT_TOPICS["camera_info"])
+    p.add_argument("--frame-id", default=DEFAULT_FRAME_ID, help="header frame_id (the node's frames.detector)")
+    p.add_argument("--joint-names", nargs=4, default=None, metavar=("LAO", "CRANIAL", "ROTATION", "SDD"),
+                   help="JointState names (default: the node's joints.lao, joints.cranial, "
+                        "joints.detector_rotation, joints.sdd)")
+    p.set_defaults(func=_run(cmd_from_frames))
 
 
 def main(argv: list[str] | None = None) -> int:
