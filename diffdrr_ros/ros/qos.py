@@ -22,8 +22,8 @@ TF_STATIC_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability
 #
 # Measured on loopback (rmw_fastrtps_cpp from the PyPI wheels, default transports; 10 mono16 frames
 # of each size at 5 Hz from another process, published as `diffdrr-ros bag play` does: reliable,
-# keep last 100; docs/image-streams.md): a best-effort subscription received 10/2/3/3/1 of the
-# 256/512/1024/1536/2048 px frames (fragments lost, the sample dropped, nothing said); a reliable
+# keep last 100; docs/image-streams.md, bench/bench_image_qos.py): a best-effort subscription received 10/2/3/3/1 of the
+# 256/512/1024/1536/2048 px frames (fragments lost, the sample dropped; DDS's message-lost event says so); a reliable
 # keep-last-1 or -2 subscription received 10 of every size (and of 3000 px, 18 MB). A best-effort
 # publisher (sensor-data drivers) got 10/1/4/2/1 with a best-effort subscription; the shipped
 # config/fastdds_large_frames.xml (large shared-memory segments) makes that 10 of each, but only
