@@ -124,7 +124,7 @@ def run_subscriber(cfg: dict) -> int:
 
     stop = threading.Event()
     _watch_stdin(lambda line: stop.set() if line == "stop" else None, stop.set)
-    rclpy.init()
+    rclpy.init(args=[])
     node = rclpy.create_node(f"bench_image_qos_sub_{os.getpid()}")
     topic = cfg["topic"]
     offered = []
@@ -183,7 +183,7 @@ def run_publisher(cfg: dict) -> int:
 
     go = threading.Event()
     _watch_stdin(lambda line: go.set() if line == "go" else None, lambda: os._exit(3))  # parent gone: quit
-    rclpy.init()
+    rclpy.init(args=[])
     node = rclpy.create_node(f"bench_image_qos_pub_{os.getpid()}")
     qos = publisher_qos(cfg["kind"], cfg["topic"], cfg["player_depth"])
     pub = node.create_publisher(Image, cfg["topic"], qos)

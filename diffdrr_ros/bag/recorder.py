@@ -56,7 +56,7 @@ def ros_context(node_name: str):
     from rclpy.signals import SignalHandlerOptions
 
     ctx = Context()
-    rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
+    rclpy.init(args=[], context=ctx, signal_handler_options=SignalHandlerOptions.NO)  # not sys.argv
     node = executor = None
     try:
         node = Node(node_name, context=ctx, start_parameter_services=False)

@@ -70,7 +70,7 @@ class _Listener:
         from rclpy.executors import SingleThreadedExecutor
 
         self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx)
+        rclpy.init(args=[], context=self.ctx)  # not sys.argv: a CLI "-p name:=value" is no ROS remap
         self.node = rclpy.create_node(f"diffdrr_replay_{os.getpid()}", context=self.ctx)
         self.done: dict[float, dict[str, Any]] = {}  # frame stamp (s) -> its first "done" status
         self.heard = threading.Event()

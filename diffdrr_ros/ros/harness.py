@@ -86,7 +86,7 @@ class GraphClient:
     def __init__(self, node_name: str = "diffdrr_registration", image_topic: str = "fluoro/image",
                  joint_topic: str = "carm/joint_states", image_transport: str = "raw") -> None:
         self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx)
+        rclpy.init(args=[], context=self.ctx)  # not sys.argv: a CLI "-p name:=value" is no ROS remap
         self.node = rclpy.create_node("diffdrr_client", context=self.ctx)
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
