@@ -5,7 +5,9 @@
 * :mod:`.reference` - readable plain-torch Siddon and trilinear references;
 * :mod:`.per_ray` - the per-ray kernel source, compiled for the CPU (:mod:`.cpu`, fused with
   the pose in :mod:`.fused`) and for CUDA (:mod:`.cuda`); :mod:`.autograd` - their analytic
-  end-point Jacobian as the backward pass.
+  end-point Jacobian as the backward pass;
+* :mod:`.poly` - the polychromatic DRR of a material volume (``RenderSettings.poly``), two
+  channels in one CPU walk in :mod:`.fused_pair`.
 """
 
 from .backends import BACKENDS, METHODS, default_device, raymarch, resolve_backend, resolve_device, siddon, trace_rays

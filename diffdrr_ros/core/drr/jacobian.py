@@ -14,6 +14,11 @@ and a ray's row of the Jacobian is ``g_s . d s/d xi + g_t . d p/d xi`` with ``g 
 ``dO/dt = -(g_s + g_t) M_lin``, ``dO/dw = (g_s M_lin) x (s - c) + (g_t M_lin) x (p - c)``.
 No autograd graph, no finite differences: one kernel pass gives the image and its ``H x W x 6``
 Jacobian. With a detector blur the Jacobian follows the blur's chain rule (blur of ``-I dL``).
+
+Polychromatic (``settings.poly``, a material volume): the kernel pass (one walk for both
+channels on the CPU, :mod:`.fused_pair`; else one pass per channel) gives each material's
+mass thickness ``A_m`` and ``dA_m / dxi``, combined by the chain rule of :mod:`.poly`
+(``dL_eff = sum_m mu_eff_m dA_m`` without scatter and heel) before the blur.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from ..geometry.detector import Detector, detector_points_np
 from ..geometry.rotations import axis_angle_to_matrix, make_transform
 from . import cuda
 from .fused import trace_fused
+from .fused_pair import trace_pair_fused
 from .per_ray import sampling_args
+from .poly import MM_PER_CM, channel_volumes, effective_line_integral, pair_path
 from .rays import grid_from_cam
 from .render import RenderSettings, VolumeLike, gaussian_blur
 
@@ -60,9 +67,33 @@ def render_with_pose_jacobian(
     tile (tracking sizes). ``settings``: method, sampling and the detector blur as for
     :func:`.render.render`. ``want_jacobian=False``: the same DRRs alone (None for the
     Jacobian), from the same kernel (a trial step of Levenberg-Marquardt needs only its loss).
-    Returned on the volume's device, float64.
+    Returned on the volume's device, float64. With ``settings.poly`` and a material volume: the
+    effective line integral ``-log I`` and its Jacobian (module docstring).
     """
     settings = settings or RenderSettings()
+    if settings.poly is not None or volume.data.ndim == 4:
+        channels = channel_volumes(volume, settings.poly)
+        if volume.data.device.type == "cpu" and pair_path(volume, settings, detector):  # both in one walk
+            a, da = _fused_cpu_pair(volume, pose, detector, pivot_cam, settings, want_jacobian)
+        else:  # one pass per material (the reference of the pair path)
+            parts = [_kernel_pass(ch, pose, detector, pivot_cam, settings, want_jacobian) for ch in channels]
+            a = torch.stack([p[0] for p in parts], 1)
+            da = torch.stack([p[1] for p in parts], 1) if want_jacobian else None
+        a = a / MM_PER_CM  # B C H W, g/cm^2
+        if da is not None:  # B C H W 6, g/cm^2 per mm or rad, in place (the kernels' own fresh arrays)
+            if da.device.type == "cpu":
+                np.divide(da.numpy(), MM_PER_CM, out=da.numpy())  # NumPy: no wait for PyTorch's threads
+            else:
+                da = da.div_(MM_PER_CM)
+        image, jac = effective_line_integral(settings.poly, a, da)
+        return _with_blur(image, jac, settings.blur_sigma_px)
+    image, jac = _kernel_pass(volume, pose, detector, pivot_cam, settings, want_jacobian)
+    return _with_blur(image, jac, settings.blur_sigma_px)
+
+
+def _kernel_pass(volume: VolumeLike, pose: Tensor, detector: Detector, pivot_cam: Tensor, settings: RenderSettings,
+                 want_jacobian: bool) -> tuple[Tensor, Tensor | None]:
+    """One volume's line integrals and their pose Jacobian, no blur, from the kernels of its device."""
     device = volume.data.device
     if device.type == "cpu":
         image, jac = _fused_cpu(volume, pose, detector, pivot_cam, settings, want_jacobian)
@@ -71,7 +102,7 @@ def render_with_pose_jacobian(
                                            tracer=cuda.trace_rays)
     else:
         raise ValueError(f"the pose Jacobian on {device} needs the CUDA kernels (numba-cuda, requirements/gpu.txt)")
-    return _with_blur(image, jac, settings.blur_sigma_px)
+    return image, jac
 
 
 def _fused_cpu(volume: VolumeLike, pose: Tensor, detector: Detector, pivot_cam: Tensor, settings: RenderSettings,
@@ -83,20 +114,44 @@ def _fused_cpu(volume: VolumeLike, pose: Tensor, detector: Detector, pivot_cam: 
     source, pixels = detector_points_np(detector)
     values, jac = trace_fused(volume.data, m, a_ct_grid, source, pixels, settings.method, settings.n_samples,
                               settings.step_voxels, settings.reorder, want_jacobian)
-    b, n_pix = m.shape[0], pixels.shape[0]
     h, w = detector.shape
-    image = torch.from_numpy(values).reshape(b, h, w)
+    image = torch.from_numpy(values).reshape(m.shape[0], h, w)
     if not want_jacobian:
         return image, None
-    jac = jac.reshape(b, n_pix, 6)
+    return image, _chain_to_step(jac, m, source, pixels, pivot_cam, h, w)
+
+
+def _fused_cpu_pair(volume: VolumeLike, pose: Tensor, detector: Detector, pivot_cam: Tensor, settings: RenderSettings,
+                    want_jacobian: bool) -> tuple[Tensor, Tensor | None]:
+    """:func:`_fused_cpu` for a two-channel material volume in one walk (:mod:`.fused_pair`):
+    ``(B, 2, H, W)`` line integrals and ``(B, 2, H, W, 6)`` Jacobians (strided views, no copies)."""
+    pose = pose.to(torch.float64).cpu()
+    m = np.ascontiguousarray(grid_from_cam(volume.affine, pose).numpy())
+    a_ct_grid = np.ascontiguousarray(volume.affine[:3, :3].to(torch.float64).numpy())
+    source, pixels = detector_points_np(detector)
+    values, jac = trace_pair_fused(volume.data, m, a_ct_grid, source, pixels, settings.reorder, want_jacobian)
+    b, (h, w) = m.shape[0], detector.shape
+    image = torch.from_numpy(values.reshape(b, h, w, 2)).permute(0, 3, 1, 2)
+    if not want_jacobian:
+        return image, None
+    return image, _chain_to_step(jac, m, source, pixels, pivot_cam, h, w).permute(1, 0, 2, 3, 4)
+
+
+def _chain_to_step(jac: np.ndarray, m: np.ndarray, source: np.ndarray, pixels: np.ndarray, pivot_cam: Tensor,
+                   h: int, w: int) -> Tensor:
+    """``dO/d(src, tgt)`` in grid coordinates (``[C x] B P x 6``) -> ``dO/dxi`` (``[C x] B x H x W x 6``),
+    module docstring; a leading channel axis is chained alike."""
+    b, n_pix = m.shape[0], pixels.shape[0]
+    lead = jac.shape[:-2] if jac.ndim == 3 else ()
+    jac = jac.reshape(*lead, b, n_pix, 6)
     m_lin = m[:, :3, :3]  # B 3 3
-    g_s = np.einsum("bpi,bij->bpj", jac[..., :3], m_lin)  # dO/d source (camera), B P 3
-    g_t = np.einsum("bpi,bij->bpj", jac[..., 3:], m_lin)  # dO/d pixel (camera)
+    g_s = np.einsum("...bpi,bij->...bpj", jac[..., :3], m_lin)  # dO/d source (camera), [C] B P 3
+    g_t = np.einsum("...bpi,bij->...bpj", jac[..., 3:], m_lin)  # dO/d pixel (camera)
     c = pivot_cam.to(torch.float64).cpu().numpy().reshape(b, 1, 3)
-    out = np.empty((b, n_pix, 6))
+    out = np.empty((*lead, b, n_pix, 6))
     out[..., :3] = -(g_s + g_t)
     out[..., 3:] = np.cross(g_s, source[None, None, :] - c) + np.cross(g_t, pixels[None] - c)
-    return image, torch.from_numpy(out).reshape(b, h, w, 6)
+    return torch.from_numpy(out).reshape(*lead, b, h, w, 6)
 
 
 def pose_jacobian_on_rays(

@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..geometry.detector import Detector, detector_points, detector_points_np
 from ..geometry.rotations import invert_transform
+from ..physics.poly_model import PolyModel
 from .backends import BACKENDS, METHODS, resolve_backend, trace_rays
 from .fused import render_rays_fused
 from .rays import grid_from_ct_transform, rays_in_grid
@@ -99,6 +100,10 @@ class RenderSettings:
             ``exp(-integral)`` and returned as an integral again (the detector blurs photons,
             not line integrals; for attenuation volumes). A DRR sharper than the frame
             biases the registered depth (magnification).
+        poly: ``None`` (default): the monoenergetic DRR, line integrals of the voxel values.
+            A :class:`~diffdrr_ros.core.physics.PolyModel`: the polychromatic DRR of a material
+            volume (``MaterialVolume``, densities in g/cm^3), returned as the effective line
+            integral ``-log I`` of the detected intensity (:mod:`.poly`).
     """
 
     method: str = "siddon"
@@ -109,6 +114,7 @@ class RenderSettings:
     step_voxels: float = 1.0
     reorder: bool = True
     blur_sigma_px: float = 0.0
+    poly: PolyModel | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -123,6 +129,8 @@ class RenderSettings:
             raise ValueError("patch_size must be positive")
         if self.blur_sigma_px < 0:
             raise ValueError("blur_sigma_px must be >= 0")
+        if self.poly is not None and not isinstance(self.poly, PolyModel):
+            raise TypeError(f"poly must be a PolyModel or None, got {type(self.poly).__name__}")
 
 
 def _render_rays(
@@ -151,17 +159,23 @@ def render(
     """Render DRRs of ``volume`` at poses ``T_cam_ct`` (CT/LPS mm -> camera frame).
 
     Args:
-        volume: voxel values and the voxel-index -> CT affine (mm).
+        volume: voxel values and the voxel-index -> CT affine (mm); with ``settings.poly`` a
+            material volume (``(C, I, J, K)`` densities, g/cm^3; see :mod:`.poly`).
         pose: ``(B, 4, 4)`` or ``(4, 4)`` rigid transforms ``T_cam_ct``; may require grad.
         detector: intrinsics (fields may be tensors that require grad).
         settings: :class:`RenderSettings`; keyword ``overrides`` replace its fields.
 
     Returns:
-        ``(B, H, W)`` line integrals (value x mm), dtype of ``pose``, device of the volume.
+        ``(B, H, W)`` line integrals (value x mm), dtype of ``pose``, device of the volume; with
+        ``settings.poly`` the effective line integral ``-log I`` (dimensionless).
     """
     settings = settings or RenderSettings()
     if overrides:
         settings = RenderSettings(**{**settings.__dict__, **overrides})
+    if settings.poly is not None or volume.data.ndim == 4:
+        from .poly import render_poly  # .poly renders its channels through this function
+
+        return render_poly(volume, pose, detector, settings)
     squeeze = pose.dim() == 2
     pose = pose[None] if squeeze else pose
     data = volume.data

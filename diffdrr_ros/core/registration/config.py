@@ -9,11 +9,16 @@ import torch
 from torch import Tensor
 
 from ..metrics.similarity import get_similarity
+from ..physics.materials import MaterialTable
+from ..physics.poly_model import PolyModel
+from ..physics.spectrum import Spectrum
 from .optimizers import make_optimizer
 from .parameterization import PARAMETERIZATIONS
 
 #: Similarities Levenberg-Marquardt can minimise (sums of squares of normalised features).
 LM_SIMILARITIES = ("zncc", "l2", "gncc")
+#: The DRR's physics: "mono" (line integrals of one attenuation volume) or "poly" (:mod:`..drr.poly`).
+DRR_MODELS = ("mono", "poly")
 
 
 @dataclass
@@ -35,6 +40,15 @@ class RegistrationConfig:
     for ``init_refine_iterations`` steps; the best ``init_keep`` then go through the
     pyramid together (``level_keep`` caps how many enter each level) and the choice between
     them is made at the finest level.
+
+    ``drr_model``: ``"mono"`` (default: the monoenergetic DRR of ``hu_to_mu``) or ``"poly"``:
+    the polychromatic two-material DRR (:mod:`..drr.poly`) of the CT decomposed into soft tissue
+    and bone densities (``material_table``, default the piecewise-linear mapping of
+    :mod:`..physics.materials`), through a tube spectrum of ``kvp`` (keV peak), ``filtration_mm_al``
+    (mm Al) in ``energy_bins`` bins, an energy-integrating detector, and optionally a scatter
+    estimate (``scatter_to_primary``, ``scatter_sigma_fraction``) and a heel gain (``heel_gain``),
+    all as in the simulator (:mod:`..sim.polychromatic`, :class:`..sim.xray.XRayStyle`). Poly
+    needs a CT in HU (or a ready :class:`..volume.MaterialVolume`).
     """
 
     optimizer: str = "adam"  # gd, gdm, gddm, adam (the seed's), or lm (Levenberg-Marquardt, .gauss_newton)
@@ -76,6 +90,14 @@ class RegistrationConfig:
     # The finest pyramid level's optimiser (None: `optimizer`). "lm": Levenberg-Marquardt polishes what Adam found
     # at the coarser levels (Adam's wide basin where the start is far, LM's few steps where it is close).
     polish_optimizer: str | None = None
+    drr_model: str = "mono"  # "mono" or "poly" (see above)
+    kvp: float = 80.0  # poly: tube peak voltage, keV
+    filtration_mm_al: float = 2.5  # poly: tube filtration, mm aluminium
+    energy_bins: int = 6  # poly: spectrum bins
+    scatter_to_primary: float = 0.0  # poly: scatter estimate, scatter / primary (0: off)
+    scatter_sigma_fraction: float = 0.15  # poly: scatter kernel sigma, fraction of the detector's larger side
+    heel_gain: float = 0.0  # poly: peak-to-peak gain change down the detector rows (0: off)
+    material_table: MaterialTable | None = None  # poly: HU -> densities (None: physics.DEFAULT_TABLE)
 
     def __post_init__(self) -> None:
         if self.parameterization not in PARAMETERIZATIONS:
@@ -113,6 +135,23 @@ class RegistrationConfig:
                 make_optimizer(name, [torch.zeros(1, requires_grad=True)], [torch.zeros(1, requires_grad=True)])
         if self.lm_max_iterations < 1:
             raise ValueError("lm_max_iterations must be positive")
+        if self.drr_model not in DRR_MODELS:
+            raise ValueError(f"drr_model must be one of {DRR_MODELS}, got {self.drr_model!r}")
+        if self.drr_model == "poly":
+            self.poly_model()  # validates the physics parameters
+
+    def poly_model(self, materials: tuple[str, ...] | None = None) -> PolyModel | None:
+        """The polychromatic signal model of ``drr_model="poly"`` for ``materials`` (default: the
+        material table's), or None for ``"mono"``."""
+        if self.drr_model != "poly":
+            return None
+        if materials is None:
+            materials = self.material_table.materials if self.material_table is not None else ("soft", "bone")
+        spectrum = Spectrum(kvp=float(self.kvp), filtration_mm_al=float(self.filtration_mm_al),
+                            bins=int(self.energy_bins))
+        return PolyModel.from_spectrum(spectrum, materials, scatter_to_primary=float(self.scatter_to_primary),
+                                       scatter_sigma_fraction=float(self.scatter_sigma_fraction),
+                                       heel_gain=float(self.heel_gain))
 
     def iterations_at(self, level: int) -> int:
         """Iteration limit of pyramid level ``level``."""

@@ -37,7 +37,8 @@ from ..drr import cuda as cuda_kernels
 from ..geometry.carm import carm_to_matrix, matrix_to_carm
 from ..geometry.detector import Detector
 from ..metrics import mean_target_registration_error, target_points, zncc
-from ..volume import Volume
+from ..physics.poly_model import PolyModel
+from ..volume import MaterialVolume, Volume
 from .config import RegistrationConfig, similarity_fn
 from .fixed_image import FixedImageError, downsample_image, prepare_fixed
 from .gauss_newton import lm_refine
@@ -48,12 +49,13 @@ from .search import center_translations, sobol_candidates
 from .views import View, ViewStack, mean_similarity
 
 
-def coarsen_to_footprint(vol: Volume, footprint_mm: float) -> Volume:
+def coarsen_to_footprint(vol: Volume | MaterialVolume, footprint_mm: float) -> Volume | MaterialVolume:
     """Box-average ``vol`` per axis to voxels no smaller than ``footprint_mm`` (same extent).
 
     Each axis is reduced by ``floor(footprint / spacing)`` (so an anisotropic CT, e.g.
     0.7 x 0.7 x 2.5 mm, is coarsened in-plane first), through :meth:`.Volume.box_average`,
-    which averages every voxel also for non-divisible sizes (no aliasing from point sampling).
+    which averages every voxel also for non-divisible sizes (no aliasing from point sampling);
+    a :class:`.MaterialVolume` has every material channel averaged alike.
     """
     return vol.box_average([max(1, int(footprint_mm // float(s))) for s in vol.spacing])
 
@@ -62,14 +64,17 @@ def coarsen_to_footprint(vol: Volume, footprint_mm: float) -> Volume:
 class _Level:
     factor: int
     detector: Detector
-    volume: Volume
+    volume: Volume | MaterialVolume
 
 
 class Registrar:
     """A CT prepared for registration against frames from one detector geometry.
 
     Args:
-        volume: the CT; HU volumes are mapped to attenuation, ``mu``/``raw`` used as they are.
+        volume: the CT; HU volumes are mapped to attenuation, ``mu``/``raw`` used as they are;
+            with ``config.drr_model="poly"`` a HU CT is decomposed into material densities
+            (:meth:`.MaterialVolume.from_hu`, ``config.material_table``), or a ready
+            :class:`.MaterialVolume` is used as it is (anything else: ``ValueError``).
         detector: full-resolution detector of the fixed images.
         config: :class:`RegistrationConfig`.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``...
@@ -86,8 +91,9 @@ class Registrar:
     ) -> None:
         self.config = config or RegistrationConfig()
         self.device = resolve_device(device)
-        vol = volume.to_attenuation() if volume.kind == "hu" else volume
+        vol = self._prepared_volume(volume, self.config)
         self.volume = vol.to(self.device, torch.float32)
+        self._poly_cache: tuple[tuple, PolyModel] | None = None
         self.detector = detector
         self.center = vol.center.to(torch.float64)
         self.targets = target_points(vol.center, vol.extent_mm)
@@ -97,6 +103,39 @@ class Registrar:
             tuple(int(f) for f in self.config.pyramid): self.levels
         }
         self._search_level_cache: _Level | None = None
+
+    @staticmethod
+    def _prepared_volume(volume: Volume | MaterialVolume, cfg: RegistrationConfig) -> Volume | MaterialVolume:
+        """The volume the DRR renders: attenuation (mono) or material densities (poly)."""
+        if cfg.drr_model == "poly":
+            if isinstance(volume, MaterialVolume):
+                return volume
+            if volume.kind != "hu":
+                raise ValueError(f"drr_model 'poly' needs a CT in HU (to decompose into materials), this volume is "
+                                 f"{volume.kind!r}; load the CT in HU or pass a MaterialVolume")
+            return MaterialVolume.from_hu(volume, cfg.material_table)
+        if isinstance(volume, MaterialVolume):
+            raise ValueError("a MaterialVolume renders with drr_model 'poly' only")
+        return volume.to_attenuation() if volume.kind == "hu" else volume
+
+    def poly_model(self) -> PolyModel | None:
+        """The DRR's polychromatic model (None for ``drr_model="mono"``), from the current config.
+
+        ``drr_model`` itself is fixed by the prepared volume: switching it needs a new
+        :class:`Registrar`; the physics parameters may change between calls (cached per value).
+        """
+        cfg = self.config
+        poly_volume = isinstance(self.volume, MaterialVolume)
+        if (cfg.drr_model == "poly") != poly_volume:
+            raise ValueError(f"this Registrar was built for a {'poly' if poly_volume else 'mono'} DRR, the config "
+                             f"asks for {cfg.drr_model!r}: build a new Registrar")
+        if not poly_volume:
+            return None
+        key = (cfg.kvp, cfg.filtration_mm_al, cfg.energy_bins, cfg.scatter_to_primary, cfg.scatter_sigma_fraction,
+               cfg.heel_gain, self.volume.materials)
+        if self._poly_cache is None or self._poly_cache[0] != key:
+            self._poly_cache = (key, cfg.poly_model(self.volume.materials))
+        return self._poly_cache[1]
 
     def rebuilt(self, detector: Detector | None = None, device: str | torch.device | None = None) -> Registrar:
         """The same CT and config for another detector geometry or device (new CT pyramids)."""
@@ -148,8 +187,10 @@ class Registrar:
     # ------------------------------------------------------------------ rendering helpers
 
     def settings(self, factor: int = 1) -> RenderSettings:
-        """Render settings at a pyramid level of detector downsampling ``factor``."""
-        return RenderSettings(method=self.config.method, blur_sigma_px=self.config.drr_blur_sigma_px / factor)
+        """Render settings at a pyramid level of detector downsampling ``factor`` (with the poly model
+        of ``drr_model="poly"``: its scatter width is a fraction of the detector, the same at every level)."""
+        return RenderSettings(method=self.config.method, blur_sigma_px=self.config.drr_blur_sigma_px / factor,
+                              poly=self.poly_model())
 
     def render(self, pose: Float[Tensor, "... 4 4"], level: int = -1) -> Tensor:
         """DRR(s) at ``pose`` at pyramid ``level`` (default: full resolution), no grad."""

@@ -1,6 +1,7 @@
 """CT volumes: the container, loaders (DICOM / NIfTI / npy), built-in phantoms, and :func:`open_ct`."""
 
 from .io import VolumeLoadError, load_dicom_series, load_nifti, load_npy, load_volume
+from .material_volume import MaterialVolume
 from .open_ct import PHANTOM_PREFIX, ct_source, open_ct
 from .phantoms import PHANTOMS, box_phantom, head_phantom, make_phantom, sphere_phantom
 from .volume import KINDS, MU_WATER_PER_MM, RAS_TO_LPS, Volume, as3, hu_to_mu
@@ -11,6 +12,7 @@ __all__ = [
     "PHANTOMS",
     "PHANTOM_PREFIX",
     "RAS_TO_LPS",
+    "MaterialVolume",
     "Volume",
     "VolumeLoadError",
     "as3",
