@@ -1,4 +1,5 @@
-"""Command-line arguments shared by the ``diffdrr-ros`` sub-commands: the CT, the detector, the frame files."""
+"""Command-line arguments shared by the ``diffdrr-ros`` sub-commands: the CT, the detector, the frame files,
+the DRR's physics."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..core.geometry import Detector
+from ..core.registration.config import DRR_MODELS, RegistrationConfig
 from ..core.volume import PHANTOMS, Volume, ct_source, load_volume, open_ct
 from ..core.xray_files import FRAME_DOMAINS, XRayFrame
 
@@ -108,3 +110,58 @@ def volume_from_args(args: argparse.Namespace) -> Volume:
         vol = load_volume(args.ct, spacing=spacing, series_uid=series_uid, allow_gantry_tilt=allow_tilt)
         return vol.downsample(args.ct_downsample) if args.ct_downsample > 1 else vol
     return open_ct(ct_source(args.ct, args.phantom), spacing_mm=spacing, downsample=args.ct_downsample)
+
+
+#: The polychromatic DRR's physics: RegistrationConfig field -> flag (apply to ``--drr-model poly`` only).
+DRR_PHYSICS_FLAGS: dict[str, str] = {
+    "kvp": "--kvp", "filtration_mm_al": "--filtration-mm-al", "energy_bins": "--energy-bins",
+    "scatter_to_primary": "--scatter-to-primary", "scatter_sigma_fraction": "--scatter-sigma-fraction",
+    "heel_gain": "--heel-gain",
+}
+
+
+def add_drr_model_args(p: argparse.ArgumentParser) -> None:
+    """``--drr-model mono|poly`` and the polychromatic DRR's physics (``--kvp``, ``--filtration-mm-al``,
+    ``--energy-bins``, ``--scatter-to-primary``, ``--scatter-sigma-fraction``, ``--heel-gain``); defaults:
+    :class:`RegistrationConfig`'s."""
+    d = RegistrationConfig()
+    g = p.add_argument_group("DRR physics", "the DRR the registration renders (core/drr/poly.py)")
+    g.add_argument("--drr-model", choices=DRR_MODELS, default=None,
+                   help=f"mono: line integrals of one attenuation volume (the seed's); poly: the CT (in HU) decomposed "
+                        f"into soft tissue and bone, rendered through a tube spectrum with the physics below "
+                        f"(default {d.drr_model})")
+    g.add_argument("--kvp", type=float, default=None, help=f"poly: tube peak voltage, kVp (default {d.kvp:g}; <= 150)")
+    g.add_argument("--filtration-mm-al", type=float, default=None,
+                   help=f"poly: tube filtration, mm Al (default {d.filtration_mm_al:g})")
+    g.add_argument("--energy-bins", type=int, default=None, help=f"poly: spectrum bins (default {d.energy_bins})")
+    g.add_argument("--scatter-to-primary", type=float, default=None,
+                   help=f"poly: scatter estimate, scatter / primary (default {d.scatter_to_primary:g}: off)")
+    g.add_argument("--scatter-sigma-fraction", type=float, default=None,
+                   help=f"poly: scatter kernel sigma, fraction of the detector's larger side "
+                        f"(default {d.scatter_sigma_fraction:g})")
+    g.add_argument("--heel-gain", type=float, default=None,
+                   help=f"poly: heel effect, peak-to-peak gain change down the rows (default {d.heel_gain:g}: off)")
+
+
+def drr_model_fields(args: argparse.Namespace, drr_model: str | None = None) -> dict:
+    """The :class:`RegistrationConfig` fields that :func:`add_drr_model_args`' flags give (only those given).
+
+    ``drr_model`` is the model the config ends up with when something else sets it (a study's
+    ``--set drr_model=...``); a physics flag with a model other than poly is refused (``ValueError``)
+    rather than silently ignored.
+    """
+    fields = {k: getattr(args, k) for k in ("drr_model", *DRR_PHYSICS_FLAGS) if getattr(args, k, None) is not None}
+    model = drr_model or fields.get("drr_model", RegistrationConfig.drr_model)
+    given = [flag for k, flag in DRR_PHYSICS_FLAGS.items() if k in fields]
+    if given and model != "poly":
+        raise ValueError(f"{', '.join(given)} set(s) the polychromatic DRR's physics: add --drr-model poly "
+                         f"(the DRR model is {model!r})")
+    return fields
+
+
+def describe_drr(cfg: RegistrationConfig) -> str:
+    """One line: the DRR model of ``cfg`` and, for poly, its physics."""
+    if cfg.drr_model != "poly":
+        return f"DRR {cfg.drr_model} (monoenergetic)"
+    return (f"DRR poly: {cfg.kvp:g} kVp, {cfg.filtration_mm_al:g} mm Al, {cfg.energy_bins} bins, scatter/primary "
+            f"{cfg.scatter_to_primary:g} (sigma {cfg.scatter_sigma_fraction:g}), heel {cfg.heel_gain:g}")

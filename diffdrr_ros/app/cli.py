@@ -30,11 +30,15 @@ from ..core.geometry import carm_to_matrix
 from ..core.volume import PHANTOMS, VolumeLoadError
 from ..core.xray_files import XRayFrame, read_frame, read_stored_image, tag_label, write_frame
 from .args import (
+    DRR_PHYSICS_FLAGS,
     add_detector_args,
+    add_drr_model_args,
     add_frame_args,
     add_volume_args,
+    describe_drr,
     detector_for_frame,
     detector_from_args,
+    drr_model_fields,
     frame_domain_from_args,
     volume_from_args,
 )
@@ -95,6 +99,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     from ..core.metrics import inplane_depth_error
     from ..core.registration import Registrar, RegistrationConfig, pose_covariance, prepare_fixed, view_from_joints
 
+    drr = drr_model_fields(args)  # a bad combination of flags fails before anything is loaded
     vol = volume_from_args(args)
     frame = _read_frame(args, args.xray)
     print(f"frame {args.xray}: {frame.description}")
@@ -131,7 +136,8 @@ def cmd_register(args: argparse.Namespace) -> int:
              for path, *angles in (args.view or [])]
     cfg = RegistrationConfig(optimizer=args.optimizer, similarity=args.similarity, compare=args.compare,
                              max_iterations=args.max_iterations, init_search=args.init_search,
-                             **({"pyramid": tuple(args.pyramid)} if args.pyramid else {}))
+                             **({"pyramid": tuple(args.pyramid)} if args.pyramid else {}), **drr)
+    print(describe_drr(cfg))
     reg = Registrar(vol, det, cfg, device=args.device)
     init = reg.pose_from_carm(*_pose_args(args.init))
     truth = reg.pose_from_carm(*_pose_args(args.truth)) if args.truth else None
@@ -157,6 +163,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     if args.json:
         payload = result.to_dict()
         payload["pose_carm_deg_mm"] = deg + trans.tolist()
+        payload["drr"] = {"drr_model": cfg.drr_model, **{k: getattr(cfg, k) for k in DRR_PHYSICS_FLAGS}}
         args.json.write_text(json.dumps(payload, indent=2))
     return 0 if result.accepted else 2
 
@@ -271,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iterations", type=int, default=150, help="per pyramid level")
     p.add_argument("--init-search", action=argparse.BooleanOptionalAction, default=True,
                    help="batch search around --init first (capture range +-45 deg / +-60 mm; default on)")
+    add_drr_model_args(p)
     add_frame_args(p)
     p.add_argument("--json", type=Path, default=None, help="write the result as JSON")
     p.set_defaults(func=cmd_register)

@@ -138,6 +138,23 @@ PARAMS: list[Param] = [
           "knows the pose well) from where it registered them", False, (0.0, 1000.0)),
     Param("registration.min_similarity", 0.9, "quality gate: final ZNCC below this is not published", False,
           (-1.0, 1.0)),
+    # The DRR's physics (core/drr/poly.py, core/physics): mono, or polychromatic two-material
+    Param("registration.drr_model", "mono", "the DRR: mono (line integrals of one attenuation volume, the seed's) "
+          "or poly (the CT decomposed into soft tissue and bone densities at start-up, rendered through a tube "
+          "spectrum with the physics below, registration.kvp ... heel_gain; up to 2x a mono DRR's cost); the CT's "
+          "volumes are built for one model at start-up, so a change needs a restart (the physics below may change "
+          "at run time)", True,
+          choices=("mono", "poly")),
+    Param("registration.kvp", 80.0, "poly: tube peak voltage, kVp (the attenuation tables end at 150 keV)", False,
+          (20.0, 150.0)),
+    Param("registration.filtration_mm_al", 2.5, "poly: tube filtration, mm aluminium", False, (0.0, 20.0)),
+    Param("registration.energy_bins", 6, "poly: energy bins of the spectrum", False, (1, 64)),
+    Param("registration.scatter_to_primary", 0.0, "poly: scatter estimate, scatter / primary at the mean primary "
+          "(a broad Gaussian of the primary; 0: off)", False, (0.0, 5.0)),
+    Param("registration.scatter_sigma_fraction", 0.15, "poly: scatter kernel sigma, fraction of the detector's "
+          "larger side", False, (0.01, 1.0)),
+    Param("registration.heel_gain", 0.0, "poly: anode heel effect, peak-to-peak gain change down the detector rows "
+          "(0: off)", False, (0.0, 1.0)),
     # Biplane: a second image stream, paired with the first by stamp (a fixed second plane)
     Param("biplane.enabled", False, "subscribe to a second plane's frames (topics.image_b) and register each pair "
           "jointly", True),

@@ -453,6 +453,11 @@ class RegistrationGlue:
             init_search=wide and bool(get("registration.init_search_first_frame")),
             polish_optimizer="lm" if not tracking and get("registration.first_frame_polish") == "lm" else None,
             init_keep=get("registration.init_keep"),
+            drr_model=get("registration.drr_model"), kvp=get("registration.kvp"),
+            filtration_mm_al=get("registration.filtration_mm_al"), energy_bins=get("registration.energy_bins"),
+            scatter_to_primary=get("registration.scatter_to_primary"),
+            scatter_sigma_fraction=get("registration.scatter_sigma_fraction"),
+            heel_gain=get("registration.heel_gain"),
         )
 
     def _validate_parameters(self, params) -> SetParametersResult:
@@ -1056,6 +1061,7 @@ class RegistrationGlue:
     def _publish_diagnostics(self, topics: bool = False) -> None:
         """The registration's status; with ``topics`` (the timer: their windows are diagnostics periods) also
         each input topic's, named ``<node>: <topic> topic status`` as diagnostic_updater names them."""
+        cfg = self.registrar.config
         with self._lock:
             s = self.stats
             values = {
@@ -1067,6 +1073,11 @@ class RegistrationGlue:
                 "frames_dropped_older_than_waiting": self._slot.dropped_older,
                 "last_rejection": s.last_rejection, "device": str(self.registrar.device), **s.last,
                 "last_frame_stamp": s.last_frame_stamp,
+                # the DRR the registration renders (the config of the last frame, or the start-up one)
+                "drr_model": cfg.drr_model,
+                "drr_physics": "none (monoenergetic)" if cfg.drr_model != "poly" else " ".join(
+                    f"{k}={getattr(cfg, k)}" for k in ("kvp", "filtration_mm_al", "energy_bins", "scatter_to_primary",
+                                                       "scatter_sigma_fraction", "heel_gain")),
             }
             status = DiagnosticStatus(level=s.level, name="diffdrr_ros: registration", message=s.message,
                                       hardware_id=str(self.registrar.device),

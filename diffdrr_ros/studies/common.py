@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..app.args import add_drr_model_args, drr_model_fields
 from ..core.geometry import Detector
 from ..core.metrics import CameraAxisError, inplane_depth_error
 from ..core.registration import Registrar, RegistrationConfig, RegistrationResult, View, perturb_pose
@@ -291,13 +292,22 @@ def make_config(preset: str = "default", overrides: dict | None = None) -> Regis
 
 
 def add_config_arguments(p: argparse.ArgumentParser, default_preset: str = "default") -> None:
+    """``--preset``, ``--set KEY=VALUE``, the DRR model and its physics (``--drr-model poly --kvp ...``),
+    ``--max-deg``, ``--max-mm``."""
     p.add_argument("--preset", default=default_preset, choices=sorted(PRESETS),
                    help="registration set-up: 'default' (this package's) or 'seed' (the paper's protocol)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a RegistrationConfig field, e.g. --set init_candidates=512 "
-                        "--set pyramid=[4,2,1] (repeatable)")
+                        "--set pyramid=[4,2,1] (repeatable; wins over the DRR flags)")
     p.add_argument("--max-deg", type=float, default=45.0, help="start perturbation per angle (deg)")
     p.add_argument("--max-mm", type=float, default=60.0, help="start perturbation per translation (mm)")
+    add_drr_model_args(p)
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The :class:`RegistrationConfig` fields of :func:`add_config_arguments`: the DRR flags, then ``--set``."""
+    overrides = parse_overrides(args.overrides)
+    return {**drr_model_fields(args, overrides.get("drr_model")), **overrides}
 
 
 def set_threads(n: int | None) -> None:

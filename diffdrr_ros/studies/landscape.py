@@ -19,6 +19,7 @@ import argparse
 import numpy as np
 import torch
 
+from ..app.args import DRR_PHYSICS_FLAGS, add_drr_model_args, drr_model_fields
 from ..core.geometry import carm_to_matrix, matrix_to_carm
 from ..core.metrics import get_similarity
 from ..core.registration import Registrar, RegistrationConfig
@@ -30,6 +31,7 @@ UNITS = {"theta": "deg", "phi": "deg", "gamma": "deg", "bx": "mm", "by": "mm", "
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_problem_arguments(p)
+    add_drr_model_args(p)  # the landscape of the poly DRR against itself with --drr-model poly
     p.add_argument("--range-deg", type=float, default=45.0, help="1-D/2-D sweep half-range for angles (deg)")
     p.add_argument("--range-mm", type=float, default=60.0, help="sweep half-range for translations (mm)")
     p.add_argument("--steps", type=int, default=61, help="points per 1-D sweep (odd keeps 0 on the grid)")
@@ -80,7 +82,8 @@ def capture_range(offsets: np.ndarray, loss: np.ndarray) -> tuple[float, float]:
 def run(args: argparse.Namespace) -> int:
     problem = common.problem_from_args(args)
     out = common.out_dir(args, "landscape")
-    reg = Registrar(problem.volume, problem.detector, RegistrationConfig(pyramid=(1,)), device=args.device)
+    reg = Registrar(problem.volume, problem.detector, RegistrationConfig(pyramid=(1,), **drr_model_fields(args)),
+                    device=args.device)
     truth = common.truth_pose(reg, problem)
     fixed = reg.render(truth[None])[0]
     sims = list(args.similarities)
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     result: dict = {"study": "landscape", "problem": problem.name, "detector": list(problem.detector.shape),
                     "truth_carm_deg_mm": list(problem.truth_carm), "similarities": sims,
+                    "drr": {k: getattr(reg.config, k) for k in ("drr_model", *DRR_PHYSICS_FLAGS)},
                     "sweeps_1d": {}, "grids_2d": {}, "machine": common.machine_info()}
     rows = []
     for kind, names in tqdm(jobs, desc="landscape", disable=args.no_progress):

@@ -11,7 +11,17 @@ start), ``summary.json``, ``curves.json`` (loss per iteration of every run) and
 (a simulated fluoroscopy frame of it: Beer-Lambert, quantum and electronic noise, detector
 blur, collimator; registered after ``-log(I / I0)`` with the collimator masked, as the node
 does) or ``mismatched`` (``xray`` plus the physics a DRR leaves out: beam hardening, scatter,
-heel effect; :meth:`.XRayStyle.mismatched`).
+heel effect; :meth:`.XRayStyle.mismatched`) or ``poly`` (a frame of the polychromatic simulator,
+:mod:`diffdrr_ros.core.sim.polychromatic`: soft tissue and bone through the tube spectrum, with the
+scatter and heel gain of the config's physics fields and the ``xray`` kind's noise, blur and
+collimator; needs a CT in HU).
+
+``--drr-model poly`` (with ``--kvp``, ``--filtration-mm-al``, ``--energy-bins``,
+``--scatter-to-primary``, ``--scatter-sigma-fraction``, ``--heel-gain``) registers with the
+polychromatic DRR; the ``poly`` frames take the same physics, so ``--fixed poly`` against
+``--fixed poly --drr-model poly`` is the mono DRR's bias against the matched model (with the mono
+DRR the frames have the config's default physics, 80 kVp and 2.5 mm Al, or what ``--set kvp=...``
+says). The ``xray`` / ``mismatched`` frames of a poly registration start from its own DRR.
 
 ``--views K --separation DEG``: each start registers one pose to K frames, the truth's view
 and K - 1 more with the C-arm turned DEG, 2 DEG ... further LAO about the isocentre (the
@@ -34,7 +44,8 @@ import torch
 from ..core.drr import RenderSettings, render
 from ..core.geometry import CArmJoints, camera_motion, matrix_to_carm
 from ..core.registration import Registrar, View, prepare_fixed
-from ..core.sim import XRayStyle, collimator_mask, simulate_xray
+from ..core.sim import MaterialCT, Spectrum, XRayStyle, collimator_mask, simulate_polychromatic_xray, simulate_xray
+from ..core.volume import Volume
 from . import common
 
 
@@ -44,32 +55,49 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=1000, help="number of random starts (the seed: 1000)")
     p.add_argument("--no-warmup", action="store_true", help="do not run one untimed registration first (JIT)")
     p.add_argument("--fixed", default="drr", choices=FIXED_KINDS,
-                   help="fixed image: the DRR at the truth, a simulated X-ray frame, or one with unmodelled physics")
+                   help="fixed image: the DRR at the truth, a simulated X-ray frame, one with unmodelled physics, or a "
+                        "frame of the polychromatic simulator (two materials, the tube spectrum of --kvp ...)")
     p.add_argument("--views", type=int, default=1, help="frames per registration (depth from several views)")
     p.add_argument("--separation", type=float, default=30.0, help="LAO step between the views, degrees")
 
 
-FIXED_KINDS = ("drr", "xray", "mismatched")
+FIXED_KINDS = ("drr", "xray", "mismatched", "poly")
 
 
-def fixed_image(reg: Registrar, truth, kind: str, seed: int = 0) -> tuple[object, np.ndarray | None]:
+def fixed_image(reg: Registrar, truth, kind: str, seed: int = 0, ct: Volume | None = None
+                ) -> tuple[object, np.ndarray | None]:
     """The fixed image of kind ``kind`` at ``truth`` and its mask of exposed pixels (or None).
 
     ``drr``: the registrar's own DRR (the seed's protocol). The X-ray kinds start from the full
     CT (not the registrar's CT averaged to the pixel footprint) without the registrar's PSF
-    model: the simulator adds its own blur.
+    model: the simulator adds its own blur. ``xray`` / ``mismatched`` take the registrar's DRR
+    physics (mono, or its poly model); ``poly`` is the polychromatic simulator's frame of ``ct``
+    (in HU) with the physics of ``reg.config`` (module docstring).
     """
     if kind == "drr":
         return reg.render(truth[None])[0], None
-    with torch.no_grad():
-        line = render(reg.volume, truth.to(reg.device), reg.detector, RenderSettings(method=reg.config.method))
-    style = XRayStyle() if kind == "xray" else XRayStyle.mismatched()
-    frame = simulate_xray(line, style, torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "poly":
+        if ct is None or ct.kind != "hu":
+            raise ValueError("--fixed poly needs the CT in HU (the simulator decomposes it into soft tissue and bone)")
+        cfg = reg.config
+        style = XRayStyle(scatter_to_primary=cfg.scatter_to_primary, scatter_sigma_fraction=cfg.scatter_sigma_fraction,
+                          heel_gain=cfg.heel_gain)
+        spectrum = Spectrum(kvp=cfg.kvp, filtration_mm_al=cfg.filtration_mm_al, bins=cfg.energy_bins)
+        frame = simulate_polychromatic_xray(MaterialCT.from_hu(ct), truth.cpu(), reg.detector, style, spectrum, gen,
+                                            RenderSettings(method=cfg.method))
+    else:
+        with torch.no_grad():
+            line = render(reg.volume, truth.to(reg.device), reg.detector,
+                          RenderSettings(method=reg.config.method, poly=reg.poly_model()))
+        style = XRayStyle() if kind == "xray" else XRayStyle.mismatched()
+        frame = simulate_xray(line, style, gen)
     mask = (frame > 0.02 * style.i0) & collimator_mask(*frame.shape, style.collimator_radius)
     return prepare_fixed(frame, log_transform=True, i0=style.i0), mask
 
 
-def extra_views(reg: Registrar, truth, k: int, separation_deg: float, kind: str, seed: int) -> list[View]:
+def extra_views(reg: Registrar, truth, k: int, separation_deg: float, kind: str, seed: int,
+                ct: Volume | None = None) -> list[View]:
     """``k - 1`` more frames of the truth with the C-arm turned ``separation_deg``, twice that ... further LAO."""
     angles, _ = matrix_to_carm(truth.cpu(), reg.center)
     ref = CArmJoints(lao_rad=float(angles[1]), cranial_rad=float(angles[0]), detector_rotation_rad=float(angles[2]))
@@ -77,19 +105,19 @@ def extra_views(reg: Registrar, truth, k: int, separation_deg: float, kind: str,
     for i in range(1, k):
         other = dataclasses.replace(ref, lao_rad=ref.lao_rad + math.radians(i * separation_deg))
         cam_from_ref = camera_motion(ref, other)
-        image, mask = fixed_image(reg, cam_from_ref @ truth.cpu(), kind, seed=seed + i)
+        image, mask = fixed_image(reg, cam_from_ref @ truth.cpu(), kind, seed=seed + i, ct=ct)
         views.append(View(image, cam_from_ref, mask))
     return views
 
 
 def run(args: argparse.Namespace) -> int:
     problem = common.problem_from_args(args)
-    cfg = common.make_config(args.preset, common.parse_overrides(args.overrides))
+    cfg = common.make_config(args.preset, common.config_overrides(args))
     out = common.out_dir(args, "montecarlo")
     reg = Registrar(problem.volume, problem.detector, cfg, device=args.device)
     truth = common.truth_pose(reg, problem)
-    fixed, mask = fixed_image(reg, truth, args.fixed, seed=args.seed)
-    views = extra_views(reg, truth, args.views, args.separation, args.fixed, args.seed)
+    fixed, mask = fixed_image(reg, truth, args.fixed, seed=args.seed, ct=problem.volume)
+    views = extra_views(reg, truth, args.views, args.separation, args.fixed, args.seed, ct=problem.volume)
     starts = common.random_starts(reg, truth, args.n, max_deg=args.max_deg, max_mm=args.max_mm, seed=args.seed)
     if not args.no_warmup:  # compile the kernels outside the timed runs
         reg.register(fixed, starts[0], truth=truth, mask=mask, views=views)
@@ -120,12 +148,12 @@ def run(args: argparse.Namespace) -> int:
     common.write_json(out / "curves.json", {"loss_per_iteration": curves,
                                             "success": [r["success"] for r in rows]})
     plot(rows, curves, out / "montecarlo.png",
-         title=f"{problem.name}, {args.n} starts, preset {args.preset}, fixed {args.fixed}")
+         title=f"{problem.name}, {args.n} starts, preset {args.preset}, fixed {args.fixed}, DRR {cfg.drr_model}")
     s = summary
     print(f"montecarlo on {problem.name}: {s['n']} starts, success (mTRE<2mm) {s['success_rate']:.1%}, "
           f"seed criterion (ZNCC>0.999) {s['seed_success_rate']:.1%}, median time {s['time_median_s']:.3f}s, "
           f"median mTRE {s['mtre_median_mm']:.3f} mm (in plane {s['inplane_median_mm']:.3f}, along the beam "
-          f"{s['depth_median_mm']:.3f}), {args.views} view(s) -> {out}")
+          f"{s['depth_median_mm']:.3f}), {args.views} view(s), fixed {args.fixed}, DRR {cfg.drr_model} -> {out}")
     return 0
 
 

@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     problem = common.problem_from_args(args)
     out = common.out_dir(args, "optimizers")
-    overrides = common.parse_overrides(args.overrides)
+    overrides = common.config_overrides(args)  # --set and the DRR flags
     info = common.machine_info()
     all_rows: list[dict] = []
     summaries: dict[str, dict] = {}

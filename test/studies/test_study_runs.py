@@ -90,13 +90,13 @@ def test_montecarlo_fixed_image_kinds():
     from diffdrr_ros.core.volume.phantoms import make_phantom
     from diffdrr_ros.studies.montecarlo import FIXED_KINDS, fixed_image
 
-    reg = Registrar(make_phantom("head_tiny"), Detector(32, 32, spacing_mm=(16.0, 16.0)), RegistrationConfig(),
-                    device="cpu")
+    ct = make_phantom("head_tiny")
+    reg = Registrar(ct, Detector(32, 32, spacing_mm=(16.0, 16.0)), RegistrationConfig(), device="cpu")
     truth = reg.pose_from_carm([0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
     drr, none = fixed_image(reg, truth, "drr")
     assert none is None
     for kind in FIXED_KINDS[1:]:
-        img, mask = fixed_image(reg, truth, kind)
+        img, mask = fixed_image(reg, truth, kind, ct=ct)
         assert mask.dtype == bool and 0.3 < mask.mean() < 1.0  # collimator (and dense pixels) masked
         corr = np.corrcoef(img.numpy()[mask], drr.numpy()[mask])[0, 1]
         assert 0.9 < corr < 1.0, (kind, corr)  # like the DRR, but not the DRR
