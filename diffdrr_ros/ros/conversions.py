@@ -136,21 +136,12 @@ def _check_image(msg: Image) -> None:
 
 def image_to_pixels_builtin(msg: Image) -> np.ndarray:
     """The project's own Image decoder (:func:`image_to_pixels` without cv_bridge)."""
-    enc = msg.encoding
-    if enc not in ENCODINGS:
-        raise ImageConversionError(f"unsupported encoding {enc!r}; supported: {', '.join(ENCODINGS)}")
-    dtype, channels = ENCODINGS[enc]
+    _check_image(msg)
+    dtype, channels = ENCODINGS[msg.encoding]
     h, w = int(msg.height), int(msg.width)
-    if h == 0 or w == 0:
-        raise ImageConversionError(f"empty image ({h}x{w})")
     row_bytes = w * channels * dtype.itemsize
     step = int(msg.step) or row_bytes
-    if step < row_bytes:
-        raise ImageConversionError(f"step {step} is smaller than a row ({row_bytes} bytes)")
     data = bytes(msg.data) if not isinstance(msg.data, bytes | bytearray) else msg.data
-    if len(data) < step * (h - 1) + row_bytes:
-        raise ImageConversionError(f"buffer has {len(data)} bytes, {h}x{w} {enc} with step {step} needs "
-                                   f"{step * (h - 1) + row_bytes}")
     raw = np.frombuffer(data, dtype=np.uint8, count=step * (h - 1) + row_bytes)
     rows = np.lib.stride_tricks.as_strided(raw, shape=(h, row_bytes), strides=(step, 1))
     big = bool(msg.is_bigendian)

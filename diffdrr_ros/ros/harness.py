@@ -6,12 +6,13 @@ the node exactly as an integrator would: a separate process, real DDS on loopbac
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import rclpy
@@ -173,3 +174,25 @@ class GraphClient:
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.shutdown(context=self.ctx)
+
+
+@contextlib.contextmanager
+def running_node(params: dict[str, object], log_path: Path, client: GraphClient | None = None,
+                 **node_kwargs) -> Iterator[tuple[GraphClient, NodeProcess]]:
+    """The node (:class:`NodeProcess`) and a :class:`GraphClient` once the node is up; stopped on exit.
+
+    ``client``: one made by the caller (e.g. with extra publishers created before the wait);
+    default a plain :class:`GraphClient`. Raises ``RuntimeError`` with the node's log when it
+    does not come up, and after the block when it did not exit with code 0 on SIGINT.
+    """
+    node = NodeProcess(params, log_path, **node_kwargs)
+    client = client or GraphClient()
+    try:
+        if not client.wait_for_node(node):
+            raise RuntimeError(f"node did not come up:\n{node.log()}")
+        yield client, node
+    finally:
+        rc = node.stop()
+        client.close()
+    if rc != 0:
+        raise RuntimeError(f"node exit code {rc}:\n{node.log()}")

@@ -14,7 +14,7 @@ from test_registration_node import I0, NODE_PARAMS, Scene, send
 from diffdrr_ros.core.drr import render, to_intensity
 from diffdrr_ros.core.geometry import CArmJoints, Detector, initial_pose
 from diffdrr_ros.ros.conversions import array_to_image, seconds_to_stamp, xyz_rpy_to_matrix
-from diffdrr_ros.ros.harness import GraphClient, NodeProcess
+from diffdrr_ros.ros.harness import GraphClient, running_node
 
 DET_B = Detector(40, 44, spacing_mm=(9.0, 9.0), sdd_mm=1100.0, sid_mm=800.0)
 CAM_B_FROM_A = [0.0, 0.0, 0.0, 0.0, math.pi / 2, 0.0]
@@ -26,18 +26,11 @@ AP = CArmJoints(lao_rad=0.0, cranial_rad=math.radians(5))
 
 def biplane_system(params: dict, log_dir):
     """The node with ``params``, a client with a reliable plane-B image publisher: (client, pub_b, scene, node)."""
-    node = NodeProcess(params, log_dir / "node.log")
     client = GraphClient()
     reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
     pub_b = client.node.create_publisher(Image, "fluoro_b/image", reliable)
-    if not client.wait_for_node(node):
-        node.stop()
-        client.close()
-        pytest.fail(f"node did not come up:\n{node.log()}")
-    yield client, pub_b, Scene(), node
-    rc = node.stop()
-    client.close()
-    assert rc == 0, f"node exit code {rc}:\n{node.log()}"
+    with running_node(params, log_dir / "node.log", client=client) as (client, node):
+        yield client, pub_b, Scene(), node
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from diffdrr_ros.ros.conversions import (
     seconds_to_stamp,
     transform_to_matrix,
 )
-from diffdrr_ros.ros.harness import GraphClient, NodeProcess
+from diffdrr_ros.ros.harness import GraphClient, running_node
 
 PANEL = 1024  # px a side, as delivered
 PITCH = 0.375  # mm: a 384 mm panel
@@ -81,17 +81,10 @@ class Panel:
 @pytest.fixture(scope="module", params=["raw", "compressed"])
 def system(request, tmp_path_factory):
     transport = request.param
-    node = NodeProcess({**NODE_PARAMS, "image.transport": transport},
-                       tmp_path_factory.mktemp(f"node_{transport}") / "node.log")
-    client = GraphClient(image_transport=transport)
-    if not client.wait_for_node(node):
-        node.stop()
-        client.close()
-        pytest.fail(f"node did not come up:\n{node.log()}")
-    yield client, Panel(), node, transport
-    rc = node.stop()
-    client.close()
-    assert rc == 0, f"node exit code {rc}:\n{node.log()}"
+    with running_node({**NODE_PARAMS, "image.transport": transport},
+                      tmp_path_factory.mktemp(f"node_{transport}") / "node.log",
+                      client=GraphClient(image_transport=transport)) as (client, node):
+        yield client, Panel(), node, transport
 
 
 def _message(pixels: np.ndarray, transport: str) -> Image | CompressedImage:

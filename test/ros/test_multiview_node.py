@@ -17,7 +17,7 @@ from test_registration_node import NODE_PARAMS, Scene, send
 from diffdrr_ros.core.geometry import CArmJoints
 from diffdrr_ros.core.geometry.rotations import make_transform
 from diffdrr_ros.ros.conversions import array_to_image, image_to_pixels
-from diffdrr_ros.ros.harness import GraphClient, NodeProcess
+from diffdrr_ros.ros.harness import running_node
 from diffdrr_ros.ros.registration_node import HELD_BACK, PUBLISHED
 
 PARAMS = {**NODE_PARAMS, "gate.allow_unresolved_depth": False, "multiview.max_views": 3,
@@ -26,16 +26,8 @@ PARAMS = {**NODE_PARAMS, "gate.allow_unresolved_depth": False, "multiview.max_vi
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
-    node = NodeProcess(PARAMS, tmp_path_factory.mktemp("node") / "node.log")
-    client = GraphClient()
-    if not client.wait_for_node(node):
-        node.stop()
-        client.close()
-        pytest.fail(f"node did not come up:\n{node.log()}")
-    yield client, Scene(), node
-    rc = node.stop()
-    client.close()
-    assert rc == 0, f"node exit code {rc}:\n{node.log()}"
+    with running_node(PARAMS, tmp_path_factory.mktemp("node") / "node.log") as (client, node):
+        yield client, Scene(), node
 
 
 def _at(lao_deg: float) -> CArmJoints:

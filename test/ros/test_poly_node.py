@@ -20,7 +20,7 @@ from test_registration_node import DET, I0, JOINTS, NODE_PARAMS, Scene, send
 from diffdrr_ros.core.geometry.kinematics import initial_pose
 from diffdrr_ros.core.sim import MaterialCT, Spectrum, XRayStyle, simulate_polychromatic_xray
 from diffdrr_ros.ros.conversions import array_to_image
-from diffdrr_ros.ros.harness import REPO, GraphClient, NodeProcess
+from diffdrr_ros.ros.harness import REPO, running_node
 
 KVP, SPR, HEEL = 90.0, 0.2, 0.1
 #: Quantum noise, scatter and heel as the simulator makes them; no blur or collimator (NODE_PARAMS has neither).
@@ -45,16 +45,8 @@ class PolyScene(Scene):
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
-    node = NodeProcess(PARAMS, tmp_path_factory.mktemp("node") / "node.log")
-    client = GraphClient()
-    if not client.wait_for_node(node):
-        node.stop()
-        client.close()
-        pytest.fail(f"node did not come up:\n{node.log()}")
-    yield client, PolyScene(), node
-    rc = node.stop()
-    client.close()
-    assert rc == 0, f"node exit code {rc}:\n{node.log()}"
+    with running_node(PARAMS, tmp_path_factory.mktemp("node") / "node.log") as (client, node):
+        yield client, PolyScene(), node
 
 
 def _registered_values(client, sec) -> dict[str, str] | None:

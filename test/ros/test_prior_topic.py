@@ -18,7 +18,7 @@ from test_registration_node import NODE_PARAMS, Scene, send
 
 from diffdrr_ros.core.geometry.kinematics import CArmJoints, table_transform
 from diffdrr_ros.ros.conversions import array_to_image, matrix_to_pose
-from diffdrr_ros.ros.harness import GraphClient, NodeProcess
+from diffdrr_ros.ros.harness import GraphClient, running_node
 
 JOINTS = CArmJoints(lao_rad=math.radians(20), cranial_rad=math.radians(5), table_mm=(12.0, -4.0, 20.0))
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -36,16 +36,8 @@ def _counter(client: GraphClient, key: str) -> int:
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
     params = dict(NODE_PARAMS, **{"prior.translation_mm": [150.0, 0.0, 0.0]})
-    node = NodeProcess(params, tmp_path_factory.mktemp("node") / "node.log")
-    client = GraphClient()
-    if not client.wait_for_node(node):
-        node.stop()
-        client.close()
-        pytest.fail(f"node did not come up:\n{node.log()}")
-    yield client, Scene(), node
-    rc = node.stop()
-    client.close()
-    assert rc == 0, f"node exit code {rc}:\n{node.log()}"
+    with running_node(params, tmp_path_factory.mktemp("node") / "node.log") as (client, node):
+        yield client, Scene(), node
 
 
 def _prior(iso_ct: torch.Tensor, frame_id: str = "carm_isocenter") -> PoseStamped:

@@ -34,7 +34,7 @@ from diffdrr_ros.ros.conversions import (
     seconds_to_stamp,
     transform_to_matrix,
 )
-from diffdrr_ros.ros.harness import REPO, GraphClient, NodeProcess
+from diffdrr_ros.ros.harness import REPO, GraphClient, running_node
 
 H = W = 48
 DET = Detector(H, W, spacing_mm=(8.0, 8.0), sdd_mm=1020.0, sid_mm=750.0)
@@ -88,17 +88,8 @@ class Scene:
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
-    node = NodeProcess(NODE_PARAMS, tmp_path_factory.mktemp("node") / "node.log")
-    client = GraphClient()
-    scene = Scene()
-    if not client.wait_for_node(node):
-        node.stop()
-        client.close()
-        pytest.fail(f"node did not come up:\n{node.log()}")
-    yield client, scene, node
-    rc = node.stop()
-    client.close()
-    assert rc == 0, f"node exit code {rc}:\n{node.log()}"
+    with running_node(NODE_PARAMS, tmp_path_factory.mktemp("node") / "node.log") as (client, node):
+        yield client, Scene(), node
 
 
 JOINTS = CArmJoints(lao_rad=math.radians(20), cranial_rad=math.radians(5))
