@@ -155,6 +155,16 @@ PARAMS: list[Param] = [
           "larger side", False, (0.01, 1.0)),
     Param("registration.heel_gain", 0.0, "poly: anode heel effect, peak-to-peak gain change down the detector rows "
           "(0: off)", False, (0.0, 1.0)),
+    # Calibration of the poly DRR's physics from the first known frames (core/registration/calibration.py)
+    Param("calibration.enabled", False, "poly only: after calibration.frames poses went on /tf (known: several "
+          "views or a biplane pair; never held-back single-view poses, whose depth trades off against the kVp), fit "
+          "the physics (calibration.fit) once at those poses and set registration.kvp etc. to the fitted values "
+          "from the next frame on; /diagnostics reports physics_calibration (with drr_model mono: FATAL at start)",
+          True),
+    Param("calibration.frames", 3, "poses on /tf to collect before the calibration", True, (1, 100)),
+    Param("calibration.fit", "", "the physics parameters to fit, comma- or space-separated, of kvp, "
+          "filtration_mm_al, scatter_to_primary, heel_gain ('': the core's default_fit: kvp and scatter_to_primary, "
+          "plus heel_gain unless gncc on line integrals)", True),
     # Biplane: a second image stream, paired with the first by stamp (a fixed second plane)
     Param("biplane.enabled", False, "subscribe to a second plane's frames (topics.image_b) and register each pair "
           "jointly", True),

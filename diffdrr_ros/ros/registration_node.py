@@ -17,6 +17,9 @@ Interfaces (names relative to the node's namespace; see README):
   diagnostic_updater reports them, :mod:`.topic_status`);
 * services ``~/reregister`` and ``~/reset`` (std_srvs/Trigger).
 
+With ``calibration.enabled`` (poly DRR only) the physics (``registration.kvp`` ...) is fitted once
+to the first ``calibration.frames`` poses that went on /tf (:class:`PhysicsCalibrationState`).
+
 Frames arriving while a registration runs replace the waiting one (latest wins).
 :class:`RegistrationNode` is active from construction; :class:`ManagedRegistrationNode` is the
 same node as a lifecycle node (``managed_registration_node``).
@@ -43,6 +46,7 @@ from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State as LifecycleState
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 from std_srvs.srv import Trigger
@@ -52,11 +56,13 @@ from ..core.geometry import CArmJoints, Detector, cam_from_iso, initial_pose, is
 from ..core.geometry.rotations import invert_transform, make_transform
 from ..core.overlay import overlay
 from ..core.registration import (
+    PHYSICS_PARAMETERS,
     AmbiguityGate,
     FixedImageError,
     FrameStart,
     KnownPoseGate,
     LostTrackGate,
+    PhysicsCalibration,
     PoseCovariance,
     Registrar,
     RegistrationConfig,
@@ -65,6 +71,7 @@ from ..core.registration import (
     View,
     ViewWindow,
     WindowView,
+    calibrate_physics,
     disagreeing_views,
     pose_covariance,
     prepare_fixed,
@@ -161,6 +168,46 @@ class Frame:
     joint_age_s: float
 
 
+@dataclass
+class CalibrationFrame:
+    """A frame whose pose went on /tf, as the node registered it: the calibration's input."""
+
+    fixed: torch.Tensor
+    mask: np.ndarray | None
+    pose: torch.Tensor  # T_cam_ct (mm) of the registration
+    views: list[View]  # its biplane partner and kept angle-history views, as registered with it
+
+
+@dataclass
+class PhysicsCalibrationState:
+    """``calibration.*``: the frames collected so far, then the fit's outcome (once; reregister/reset keep it)."""
+
+    frames: list[CalibrationFrame] = field(default_factory=list)
+    needed: int = 3
+    done: bool = False
+    result: PhysicsCalibration | None = None
+    error: str = ""
+
+    def report(self) -> tuple[int, str]:
+        """(diagnostic level, text) for ``physics_calibration``."""
+        if not self.done:
+            return DiagnosticStatus.OK, f"pending ({len(self.frames)} of {self.needed} poses)"
+        if self.result is None:
+            return DiagnosticStatus.WARN, f"failed: {self.error}; physics unchanged"
+        r = self.result
+        text = (" ".join(f"{k}={v:.4g}" for k, v in r.values.items())
+                + f" (from {' '.join(f'{k}={v:.4g}' for k, v in r.start.items())}); similarity "
+                f"{r.similarity_before:.5f} -> {r.similarity_after:.5f}")
+        level = DiagnosticStatus.OK
+        if r.at_bound:
+            text += f"; at its bound: {', '.join(r.at_bound)}"
+            level = DiagnosticStatus.WARN
+        if not r.similarity_after > r.similarity_before:
+            text += "; the fit did not improve the similarity"
+            level = DiagnosticStatus.WARN
+        return level, text
+
+
 class RegistrationGlue:
     """Everything of the registration node except how it is brought up (see the module docstring).
 
@@ -195,6 +242,7 @@ class RegistrationGlue:
         self.topic_status: dict[str, TopicStatus] = {}  # input topic statuses on /diagnostics (see _configure)
         self._configured: list = []  # publishers, services, timers, callbacks made by _configure
         self.registrar: Registrar | None = None
+        self.calibration: PhysicsCalibrationState | None = None  # calibration.enabled (see _configure)
 
     def _configure(self) -> None:
         """Load the CT and build everything but the inputs; raises :class:`StartupError`."""
@@ -203,6 +251,7 @@ class RegistrationGlue:
             self._config(tracking=True)
         except ValueError as exc:
             raise StartupError(str(exc)) from exc
+        self.calibration = self._calibration_state()
         self.joint_names = JointNames(
             lao=self._p("joints.lao"), cranial=self._p("joints.cranial"),
             detector_rotation=self._p("joints.detector_rotation"), sdd=self._p("joints.sdd"),
@@ -323,6 +372,25 @@ class RegistrationGlue:
 
     def _p(self, name: str):
         return self.get_parameter(name).value
+
+    def _calibration_fit(self) -> tuple[str, ...] | None:
+        """``calibration.fit`` as names (None: the core's default_fit); raises ``StartupError`` for unknown ones."""
+        names = tuple(n for n in self._p("calibration.fit").replace(",", " ").split() if n)
+        unknown = [n for n in names if n not in PHYSICS_PARAMETERS]
+        if unknown:
+            raise StartupError(f"calibration.fit: cannot fit {', '.join(unknown)}; the physics parameters are "
+                               f"{', '.join(PHYSICS_PARAMETERS)}")
+        return names or None
+
+    def _calibration_state(self) -> PhysicsCalibrationState | None:
+        """``calibration.*`` checked at start: None when off; a FATAL for the mono DRR (it has no physics to fit)."""
+        if not self._p("calibration.enabled"):
+            return None
+        if self._p("registration.drr_model") != "poly":
+            raise StartupError("calibration.enabled needs registration.drr_model: poly (the mono DRR has no "
+                               "physics to calibrate)")
+        self._calibration_fit()
+        return PhysicsCalibrationState(needed=int(self._p("calibration.frames")))
 
     def _detector_from_params(self, prefix: str = "detector") -> Detector:
         sid = self._p(f"{prefix}.sid_mm")
@@ -694,6 +762,43 @@ class RegistrationGlue:
         info.update(latency_ms=f"{latency * 1000:.1f}")
         self._published(start, result, info, "" if known else why, latency)
         self._publish_overlay(frame, result, PUBLISHED)  # after the TF: a picture never delays a pose
+        if known and self.calibration is not None and not self.calibration.done:
+            # only known poses (not those published although unresolved): one view trades the kVp for depth
+            self._calibrate_with(frame, result, planes + self.window.as_views(kept, frame.joints))
+
+    def _calibrate_with(self, frame: Frame, result: RegistrationResult, views: list[View]) -> None:
+        """A pose on /tf (known): collect it; at the ``calibration.frames``-th, fit the physics once (after its TF)."""
+        cal = self.calibration
+        if cal is None or cal.done:
+            return
+        with self._lock:  # (the diagnostics read the count)
+            cal.frames.append(CalibrationFrame(frame.fixed, frame.mask, result.pose.detach().clone(), list(views)))
+            if len(cal.frames) < cal.needed:
+                return
+        t0 = time.perf_counter()
+        try:
+            fit = calibrate_physics(self.registrar, [f.fixed for f in cal.frames],
+                                    torch.stack([f.pose.to(torch.float64).cpu() for f in cal.frames]),
+                                    fit=self._calibration_fit(), views=[f.views for f in cal.frames],
+                                    masks=[f.mask for f in cal.frames])
+            if fit.similarity_after > fit.similarity_before:  # else the start stays (the core returns it)
+                # Visible to `ros2 param get`; validated as any change; in effect from the next frame.
+                done = self.set_parameters_atomically([Parameter(f"registration.{k}", Parameter.Type.DOUBLE, float(v))
+                                                       for k, v in fit.values.items()])
+                if not done.successful:
+                    raise ValueError(f"the fitted values were refused: {done.reason}")
+        except Exception as exc:  # a failed fit leaves the physics as it was and the node running
+            fit = None
+            cal.error = f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"physics calibration failed ({cal.error}); the physics stays as configured")
+        with self._lock:
+            cal.result, cal.done = fit, True
+            cal.frames = []  # the fit is done once: free the frames
+            _, text = cal.report()
+        if cal.result is not None:
+            self.get_logger().info(f"physics calibration from {cal.needed} known pose(s) in "
+                                   f"{time.perf_counter() - t0:.1f} s: {text}")
+        self._publish_diagnostics()
 
     def _register_jointly(self, frame: Frame, start: FrameStart, config: RegistrationConfig, kept: list[WindowView],
                           planes: list[View]) -> tuple[RegistrationResult, list[WindowView]]:
@@ -1079,10 +1184,16 @@ class RegistrationGlue:
                     f"{k}={getattr(cfg, k)}" for k in ("kvp", "filtration_mm_al", "energy_bins", "scatter_to_primary",
                                                        "scatter_sigma_fraction", "heel_gain")),
             }
+            cal_status = None
+            if self.calibration is not None:
+                cal_level, values["physics_calibration"] = self.calibration.report()
+                cal_status = DiagnosticStatus(level=cal_level, name="diffdrr_ros: physics calibration",
+                                              message=values["physics_calibration"],
+                                              hardware_id=str(self.registrar.device))
             status = DiagnosticStatus(level=s.level, name="diffdrr_ros: registration", message=s.message,
                                       hardware_id=str(self.registrar.device),
                                       values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-            statuses = [status]
+            statuses = [status] if cal_status is None else [status, cal_status]
             for ts in self.topic_status.values() if topics else ():
                 r = ts.report()
                 statuses.append(DiagnosticStatus(level=bytes([r.level]), name=f"{self.get_name()}: {ts.name}",
