@@ -111,6 +111,8 @@ class GraphClient:
         self.node.create_subscription(PoseWithCovarianceStamped, f"{node_name}/ct_pose", self.poses.append, 10)
         self.reregister = self.node.create_client(Trigger, f"{node_name}/reregister")
         self.reset = self.node.create_client(Trigger, f"{node_name}/reset")
+        self.node_name = node_name
+        self._set_parameters = None  # made by set_parameter
 
     def spin_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         end = time.monotonic() + timeout
@@ -158,6 +160,24 @@ class GraphClient:
                 if s.name.endswith(suffix):
                     return s
         return None
+
+    def set_parameter(self, name: str, value: str | float, timeout: float = 10.0):
+        """Set one string or double parameter of the node over its ``set_parameters`` service; its result."""
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
+
+        if self._set_parameters is None:
+            self._set_parameters = self.node.create_client(SetParameters, f"{self.node_name}/set_parameters")
+        if not self._set_parameters.wait_for_service(timeout_sec=timeout):
+            raise RuntimeError(f"no {self.node_name}/set_parameters service")
+        if isinstance(value, str):
+            pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+        else:
+            pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
+        fut = self._set_parameters.call_async(SetParameters.Request(parameters=[Parameter(name=name, value=pv)]))
+        if not self.spin_until(fut.done, timeout):
+            raise RuntimeError(f"no answer from {self.node_name}/set_parameters")
+        return fut.result().results[0]
 
     def wait_for_node(self, proc: NodeProcess, timeout: float = 90.0) -> bool:
         """The node is up once it latched its static transform and its subscriptions matched our publishers.

@@ -14,24 +14,20 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
+from test_registration_node import Scene
 
 from diffdrr_ros.core.drr import render, to_intensity
 from diffdrr_ros.core.geometry import Detector
 from diffdrr_ros.core.geometry.kinematics import CArmJoints, initial_pose
-from diffdrr_ros.core.geometry.rotations import make_transform, rot_z
-from diffdrr_ros.core.metrics import mean_target_registration_error, target_points
-from diffdrr_ros.core.volume.phantoms import make_phantom
 from diffdrr_ros.ros.conversions import (
     JointNames,
     array_to_compressed,
     array_to_image,
     joints_to_message,
     seconds_to_stamp,
-    transform_to_matrix,
 )
 from diffdrr_ros.ros.harness import GraphClient, running_node
 
@@ -52,17 +48,9 @@ NODE_PARAMS = {
 JOINTS = CArmJoints(lao_rad=math.radians(20), cranial_rad=math.radians(5))
 
 
-class Panel:
-    """The phantom 4 mm / 3 degrees off the prior, imaged by a 1024 px panel (Poisson noise per panel pixel)."""
-
-    def __init__(self) -> None:
-        self.volume = make_phantom("head_small")
-        self.mu = self.volume.to_attenuation()
-        prior = make_transform(torch.eye(3, dtype=torch.float64), -self.volume.center)
-        offset = make_transform(rot_z(torch.tensor(math.radians(3.0), dtype=torch.float64)),
-                                torch.tensor([4.0, -3.0, 2.0], dtype=torch.float64))
-        self.table_from_ct = offset @ prior
-        self.targets = target_points(self.volume.center, self.volume.extent_mm)
+class Panel(Scene):
+    """:class:`Scene`'s phantom (4 mm / 3 degrees off the prior) imaged by a 1024 px panel (Poisson noise per
+    panel pixel)."""
 
     def frame(self, joints: CArmJoints, seed: int) -> np.ndarray:
         """(1024, 1024) uint16: the DRR at 128 px (cheap on 2 cores) spread over 8 x 8 panel pixels, then noise."""
@@ -71,11 +59,6 @@ class Panel:
         mean = np.kron(to_intensity(line).numpy() * I0, np.ones((8, 8)))
         counts = np.random.default_rng(seed).poisson(mean)
         return np.clip(counts, 0, 65535).astype(np.uint16)
-
-    def mtre(self, tf_msg, joints: CArmJoints) -> float:
-        truth = make_transform(torch.eye(3, dtype=torch.float64),
-                               torch.tensor(joints.table_mm, dtype=torch.float64)) @ self.table_from_ct
-        return float(mean_target_registration_error(transform_to_matrix(tf_msg.transform), truth, self.targets))
 
 
 @pytest.fixture(scope="module", params=["raw", "compressed"])

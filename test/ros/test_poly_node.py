@@ -79,20 +79,7 @@ def test_poly_frame_registers_within_2mm_and_diagnostics_name_the_physics(system
 
 def test_the_model_is_read_only_and_its_physics_change_at_run_time(system):
     client, scene, node = system
-    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-    from rcl_interfaces.srv import SetParameters
-
-    setp = client.node.create_client(SetParameters, "diffdrr_registration/set_parameters")
-    assert setp.wait_for_service(timeout_sec=10.0)
-
-    def set_param(name, value):
-        if isinstance(value, str):
-            pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
-        else:
-            pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
-        fut = setp.call_async(SetParameters.Request(parameters=[Parameter(name=name, value=pv)]))
-        assert client.spin_until(fut.done, 10.0)
-        return fut.result().results[0]
+    set_param = client.set_parameter
 
     assert set_param("registration.drr_model", "mono").successful is False  # the volumes are built for poly
     assert set_param("registration.kvp", 200.0).successful is False  # beyond its range (and the tables)

@@ -221,20 +221,7 @@ def test_services_and_runtime_parameters(system):
         assert cli.wait_for_service(timeout_sec=10.0)
         fut = cli.call_async(Trigger.Request())
         assert client.spin_until(fut.done, 10.0) and fut.result().success
-    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-    from rcl_interfaces.srv import SetParameters
-
-    setp = client.node.create_client(SetParameters, "diffdrr_registration/set_parameters")
-    assert setp.wait_for_service(timeout_sec=10.0)
-
-    def set_param(name, value):
-        if isinstance(value, str):
-            pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
-        else:
-            pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
-        fut = setp.call_async(SetParameters.Request(parameters=[Parameter(name=name, value=pv)]))
-        assert client.spin_until(fut.done, 10.0)
-        return fut.result().results[0]
+    set_param = client.set_parameter
 
     assert set_param("registration.optimizer", "sgd-magic").successful is False
     assert set_param("registration.covariance_jacobian", "autodiff").successful is False  # not in its choices
