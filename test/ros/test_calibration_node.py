@@ -10,9 +10,6 @@ wrong kVp trades off against the depth. Disabled (the default), nothing of it ha
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import torch
 from diagnostic_msgs.msg import DiagnosticStatus
@@ -20,12 +17,12 @@ from rcl_interfaces.srv import GetParameters
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from test_poly_node import SPR, STYLE, PolyScene
-from test_registration_node import DET, NODE_PARAMS, send
+from test_registration_node import DET, NODE_PARAMS, send, start_expecting_fatal
 
 from diffdrr_ros.core.geometry import CArmJoints, initial_pose
 from diffdrr_ros.core.sim import Spectrum, simulate_polychromatic_xray
 from diffdrr_ros.ros.conversions import array_to_image, seconds_to_stamp, xyz_rpy_to_matrix
-from diffdrr_ros.ros.harness import REPO, GraphClient, running_node
+from diffdrr_ros.ros.harness import GraphClient, running_node
 
 TRUE_KVP, START_KVP = 95.0, 80.0
 CAM_B_FROM_A = [0.0, 0.0, 0.0, 0.0, math.pi / 2, 0.0]
@@ -132,13 +129,8 @@ def test_disabled_changes_nothing(tmp_path):
 
 
 def test_enabled_with_the_mono_drr_is_a_one_line_fatal():
-    out = subprocess.run(
-        [sys.executable, "-m", "diffdrr_ros.ros.registration_node", "--ros-args", "-p", "calibration.enabled:=true"],
-        capture_output=True, text=True, timeout=60, cwd=REPO, env=dict(os.environ),
-    )
-    assert out.returncode == 1
-    fatal = [line for line in out.stderr.splitlines() if "[FATAL]" in line]
-    assert len(fatal) == 1 and "calibration.enabled needs registration.drr_model: poly" in fatal[0], out.stderr
+    fatal, stderr = start_expecting_fatal("calibration.enabled:=true")
+    assert len(fatal) == 1 and "calibration.enabled needs registration.drr_model: poly" in fatal[0], stderr
 
 
 def test_the_report_warns_at_a_bound_without_improvement_and_on_failure():

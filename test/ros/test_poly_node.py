@@ -9,18 +9,14 @@ model is a one-line FATAL.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
-from test_registration_node import DET, I0, JOINTS, NODE_PARAMS, Scene, send
+from test_registration_node import DET, I0, JOINTS, NODE_PARAMS, Scene, send, start_expecting_fatal
 
 from diffdrr_ros.core.geometry.kinematics import initial_pose
 from diffdrr_ros.core.sim import MaterialCT, Spectrum, XRayStyle, simulate_polychromatic_xray
 from diffdrr_ros.ros.conversions import array_to_image
-from diffdrr_ros.ros.harness import REPO, running_node
+from diffdrr_ros.ros.harness import running_node
 
 KVP, SPR, HEEL = 90.0, 0.2, 0.1
 #: Quantum noise, scatter and heel as the simulator makes them; no blur or collimator (NODE_PARAMS has neither).
@@ -91,11 +87,5 @@ def test_the_model_is_read_only_and_its_physics_change_at_run_time(system):
 
 
 def test_an_unknown_drr_model_is_a_one_line_fatal():
-    out = subprocess.run(
-        [sys.executable, "-m", "diffdrr_ros.ros.registration_node", "--ros-args", "-p", "registration.drr_model:=foo"],
-        capture_output=True, text=True, timeout=60, cwd=REPO, env=dict(os.environ),
-    )
-    assert out.returncode == 1
-    fatal = [line for line in out.stderr.splitlines() if "[FATAL]" in line]
-    assert len(fatal) == 1 and "registration.drr_model must be one of mono, poly, got 'foo'" in fatal[0], out.stderr
-    assert "Traceback" not in out.stderr + out.stdout
+    fatal, stderr = start_expecting_fatal("registration.drr_model:=foo")
+    assert len(fatal) == 1 and "registration.drr_model must be one of mono, poly, got 'foo'" in fatal[0], stderr

@@ -261,12 +261,21 @@ def test_detector_follows_the_sdd_in_the_joint_state(system):
 ])
 def test_unusable_settings_are_a_clear_fatal_error(tmp_path, param, says):
     """Settings that would fail every frame fail the start: one line, exit code 1, no traceback."""
-    out = subprocess.run(
-        [sys.executable, "-m", "diffdrr_ros.ros.registration_node", "--ros-args", "-p", param.format(tmp=tmp_path)],
-        capture_output=True, text=True, timeout=60, cwd=REPO, env=dict(os.environ),
-    )
-    assert out.returncode == 1
-    assert says in out.stderr and "Traceback" not in out.stderr + out.stdout
+    _, stderr = start_expecting_fatal(param.format(tmp=tmp_path))
+    assert says in stderr
+
+
+def start_expecting_fatal(*params: str) -> tuple[list[str], str]:
+    """The node started with ``params`` (``name:=value``) must exit with code 1 and no traceback.
+
+    Returns its ``[FATAL]`` lines and its stderr.
+    """
+    args = [a for p in params for a in ("-p", p)]
+    out = subprocess.run([sys.executable, "-m", "diffdrr_ros.ros.registration_node", "--ros-args", *args],
+                         capture_output=True, text=True, timeout=60, cwd=REPO, env=dict(os.environ))
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr + out.stdout, out.stderr
+    return [line for line in out.stderr.splitlines() if "[FATAL]" in line], out.stderr
 
 
 def test_detector_from_camera_info_matches_the_intrinsic_matrix():
