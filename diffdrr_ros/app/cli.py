@@ -177,7 +177,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.out, n_frames=args.frames, phantom=args.phantom or "head", device=args.device)
+    return run_demo(args.out, n_frames=args.frames, phantom=args.phantom or "head", device=args.device,
+                    planes=args.planes)
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
@@ -291,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=16, help="simulated frames (1 per second)")
     p.add_argument("--phantom", default=None, choices=sorted(PHANTOMS), help="built-in phantom (default: head)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--planes", type=int, choices=(1, 2), default=2,
+                   help="2: a biplane C-arm (plane B 90 deg from plane A, pairs by stamp: depth known from every "
+                        "pair); 1: a single plane sweeping +-40 deg (frames whose depth is unresolved are held back)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("sim", help="write a bag of the simulated C-arm (frames, joints, ground truth)")

@@ -6,7 +6,9 @@
 4. plays a simulated C-arm in real time: X-ray-like 12-bit frames with noise, blur, a
    collimator, scatter, beam hardening and a heel effect (physics the DRR does not model),
    noisy joint states with latency, patient drift and jumps, plus two bad frames (NaN,
-   unsupported encoding) that must be rejected;
+   unsupported encoding) on plane A that must be rejected. By default a biplane C-arm (as in
+   neuro suites): each plane-A frame has a plane-B frame of the same stamp, 90 deg away, so
+   every pair's depth is known; ``planes=1``: one plane, whose early frames' depth is not;
 5. scores every transform the node publishes on /tf against the ground truth (mTRE over
    27 targets) and measures frame-to-TF latency;
 6. prints a summary and writes overlay PNGs, an animated GIF and ``summary.json``.
@@ -36,8 +38,16 @@ def _write_gif(path: Path, frames: list[np.ndarray], fps: float = 2.0) -> None:
     imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0)
 
 
+# Plane B's camera seen from plane A's (x y z m, roll pitch yaw rad): a lateral plane 90 deg from a frontal one,
+# the node's default biplane.cam_b_from_cam_a, set explicitly so that the simulator and the node agree.
+CAM_B_FROM_A = [0.0, 0.0, 0.0, 0.0, 1.5707963267948966, 0.0]
+
+
 def run_demo(out_dir: Path, n_frames: int = 16, period_s: float = 1.0, phantom: str = "head",
-             device: str = "auto") -> int:
+             device: str = "auto", planes: int = 2) -> int:
+    """``planes=2``: a biplane C-arm (neuro suites), each frame paired with plane B's (same stamp); 1: one plane."""
+    if planes not in (1, 2):
+        raise ValueError(f"planes must be 1 or 2, got {planes}")
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # before any ROS context starts
     os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 101))
     from ..core.drr import render
@@ -51,6 +61,7 @@ def run_demo(out_dir: Path, n_frames: int = 16, period_s: float = 1.0, phantom: 
         image_to_pixels,
         joints_from_message,
         transform_to_matrix,
+        xyz_rpy_to_matrix,
     )
     from ..ros.harness import GraphClient, NodeProcess
     from .environment import environment_report
@@ -66,9 +77,10 @@ def run_demo(out_dir: Path, n_frames: int = 16, period_s: float = 1.0, phantom: 
     volume = make_phantom(phantom)
     # Frames with the physics a DRR leaves out (scatter, beam hardening, heel effect), not
     # the renderer's own images: see docs/results.md, "Beyond the inverse crime".
-    # The C-arm swings +-40 deg LAO (16 s period): from the second or third frame on, the node
-    # registers each frame jointly with earlier ones from other angles (depth from several views);
-    # the first frames' depth is not resolved, so they go to ~/ct_pose only, not to /tf.
+    # The C-arm swings +-40 deg LAO (16 s period). One plane: from the second or third frame on, the
+    # node registers each frame jointly with recent ones from other angles (depth from several views);
+    # a frame without such views (the first; near the turning points; after a jump) has an unresolved
+    # depth and goes to ~/ct_pose only, not to /tf. Biplane: plane B turns with plane A.
     sim = Simulator(volume, det, trajectory=Trajectory(lao_amplitude_deg=40.0, cranial_amplitude_deg=10.0,
                                                        period_s=16.0), style=XRayStyle.mismatched(), t_start=1000.0)
     _, cam_ct = sim.truth(1000.0)
@@ -77,16 +89,30 @@ def run_demo(out_dir: Path, n_frames: int = 16, period_s: float = 1.0, phantom: 
     save_png(out_dir / "drr.png", side_by_side(drr.numpy()))
     print(f"== DRR of the built-in phantom '{phantom}' {volume.shape} -> {out_dir / 'drr.png'}")
 
-    print(f"== registration node (separate process), simulated C-arm: {n_frames} frames at {1 / period_s:g} Hz")
-    node = NodeProcess({"ct_path": f"phantom:{phantom}", "device": device, "image.i0": sim.style.i0,
-                        "image.detector_blur_px": sim.style.blur_sigma_px},
-                       out_dir / "node.log")
+    mode = "biplane" if planes == 2 else "single-plane"
+    params = {"ct_path": f"phantom:{phantom}", "device": device, "image.i0": sim.style.i0,
+              "image.detector_blur_px": sim.style.blur_sigma_px}
+    sim_b = None
+    if planes == 2:  # plane B: the same patient and physics, 90 deg from plane A, its own noise
+        sim_b = sim.plane_b(xyz_rpy_to_matrix(CAM_B_FROM_A[:3], CAM_B_FROM_A[3:]))
+        params.update({"biplane.enabled": True, "biplane.cam_b_from_cam_a": CAM_B_FROM_A})
+    print(f"== registration node (separate process), simulated {mode} C-arm: {n_frames} frames at "
+          f"{1 / period_s:g} Hz" + (" per plane, plane B 90 deg from plane A" if sim_b else ""))
+    node = NodeProcess(params, out_dir / "node.log")
     client = GraphClient()
+    pub_b = None
+    if sim_b is not None:
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        pub_b = client.node.create_publisher(Image, "fluoro_b/image",
+                                             QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     targets = target_points(volume.center, volume.extent_mm)
     prior = default_prior(volume.center)  # the node's default prior (CT centre on the isocentre)
     sent: list[dict] = []
     try:
-        if not client.wait_for_node(node):
+        if not client.wait_for_node(node) or (pub_b is not None and not client.spin_until(
+                lambda: pub_b.get_subscription_count() > 0 or not node.alive(), 30.0)):
             print(node.log())
             print("the registration node did not start; see", out_dir / "node.log")
             return 1
@@ -99,6 +125,8 @@ def run_demo(out_dir: Path, n_frames: int = 16, period_s: float = 1.0, phantom: 
             # What the joints alone would say (CT assumed where the prior puts it): the baseline.
             kin = iso_from_ct(initial_pose(joints_from_message(joint_msg, JointNames()), prior),
                               joints_from_message(joint_msg, JointNames()))
+            if pub_b is not None:  # plane B's frame of the same instant, first: the node pairs when A arrives
+                pub_b.publish(sim_b.frame(t)[0])
             image, _, _ = sim.frame(t)
             kind = bad_at.get(k, "good")
             if kind == "nan":
@@ -123,12 +151,21 @@ def run_demo(out_dir: Path, n_frames: int = 16, period_s: float = 1.0, phantom: 
         rc = node.stop()
         client.close()
 
+    per_frame = {}  # the node's per-frame diagnostics by stamp: views registered jointly, biplane pair or not
+    for d in client.diags:
+        for st in d.status:
+            kv = {v.key: v.value for v in st.values}
+            if "stamp" in kv:
+                per_frame[round(float(kv["stamp"]), 3)] = kv
     rows = []
     for s in sent:
         hit = client.tf_received(s["stamp"])
         row = {"frame": s["frame"], "kind": s["kind"], "tf": hit is not None,
                "held_back": hit is None and client.pose_for(s["stamp"]) is not None,
                "joints_only_mtre_mm": s["joints_only_mtre_mm"]}
+        info = per_frame.get(round(s["stamp"], 3))
+        if info is not None:
+            row["views"], row["biplane_pair"] = int(info["views"]), info["biplane_pair"] == "True"
         if hit is not None:
             t_rx, tr = hit
             est = transform_to_matrix(tr.transform)
@@ -145,7 +182,7 @@ def run_demo(out_dir: Path, n_frames: int = 16, period_s: float = 1.0, phantom: 
     lat = [r["latency_s"] for r in registered]
     diag = {kv.key: kv.value for d in client.diags for s in d.status for kv in s.values}
     summary = {
-        "environment": env,
+        "environment": env, "mode": mode, "planes": planes,
         "frames_sent": len(rows), "good_frames": len(good), "bad_frames": len(bad),
         "bad_frames_with_tf": sum(r["tf"] for r in bad),
         "frames_registered": len(registered),
@@ -153,6 +190,8 @@ def run_demo(out_dir: Path, n_frames: int = 16, period_s: float = 1.0, phantom: 
         "inplane_median_mm": percentile([r["inplane_mm"] for r in registered], 50),
         "depth_median_mm": percentile([r["depth_mm"] for r in registered], 50),
         "frames_replaced_while_busy": int(diag.get("frames_replaced_while_busy", 0)),
+        "frames_registered_as_biplane_pair": sum(bool(r.get("biplane_pair")) for r in good),
+        "biplane_unpaired": int(diag.get("biplane_unpaired", 0)),
         "success_rate_of_registered": sum(m < 2.0 for m in mtre) / max(len(mtre), 1),
         "mtre_median_mm": statistics.median(mtre) if mtre else None,
         "mtre_max_mm": max(mtre) if mtre else None,
@@ -168,11 +207,14 @@ def run_demo(out_dir: Path, n_frames: int = 16, period_s: float = 1.0, phantom: 
             save_png(out_dir / f"overlay_{i:02d}.png", overlays[i])
         _write_gif(out_dir / "overlays.gif", overlays)
 
-    print("== summary")
+    print(f"== summary ({mode}" + (", each plane A frame paired with plane B's by stamp)" if sim_b else ")"))
     print(f"frames sent {len(rows)} ({len(good)} good, {len(bad)} bad); good frames published on /tf: "
           f"{len(registered)}; held back from /tf (depth not resolved: one angle, or views too old for the "
           f"patient's drift; on ~/ct_pose with their covariance): {len(held_back)}; the other "
           f"{len(good) - len(registered) - len(held_back)} replaced by newer frames while the node was busy")
+    if sim_b is not None:
+        print(f"good frames registered as a biplane pair: {summary['frames_registered_as_biplane_pair']}; "
+              f"unpaired (plane A alone): {summary['biplane_unpaired']}")
     print(f"bad frames rejected without a TF: {len(bad) - summary['bad_frames_with_tf']}/{len(bad)}")
     if mtre:
         print(f"mTRE median {summary['mtre_median_mm']:.2f} mm, max {summary['mtre_max_mm']:.2f} mm; "

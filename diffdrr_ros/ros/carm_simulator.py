@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -64,6 +64,9 @@ class Simulator:
     names: JointNames = field(default_factory=JointNames)
     seed: int = 0
     t_start: float = 0.0  # clock time (s) at which the trajectory starts
+    # Plane B of a biplane C-arm: ``T_camB_camA`` (4x4, mm), this camera seen from plane A's, which the
+    # trajectory's joints move (the node's ``biplane.cam_b_from_cam_a``); None: plane A itself.
+    cam_from_cam_a: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.mu = self.volume.to_attenuation() if self.volume.kind == "hu" else self.volume
@@ -75,9 +78,17 @@ class Simulator:
         joints = self.trajectory.joints(t - self.t_start)
         table_from_ct = self.trajectory.table_from_ct(t - self.t_start, self.volume.center)
         t_cam_ct = initial_pose(joints, table_from_ct)
+        if self.cam_from_cam_a is not None:
+            t_cam_ct = self.cam_from_cam_a.to(torch.float64) @ t_cam_ct
         iso_table = torch.eye(4, dtype=torch.float64)
         iso_table[:3, 3] = torch.tensor(joints.table_mm, dtype=torch.float64)
         return iso_table @ table_from_ct, t_cam_ct
+
+    def plane_b(self, cam_b_from_cam_a: torch.Tensor, seed: int | None = None,
+                image_frame: str = "carm_detector_b_optical") -> Simulator:
+        """The second plane of a biplane: the same patient, trajectory and physics, its own camera and noise."""
+        return replace(self, cam_from_cam_a=cam_b_from_cam_a, seed=self.seed + 1 if seed is None else seed,
+                       image_frame=image_frame)
 
     def frame(self, t: float) -> tuple[Image, PoseStamped, TFMessage]:
         iso_ct, cam_ct = self.truth(t)
