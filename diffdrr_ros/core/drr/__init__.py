@@ -7,7 +7,7 @@
   the pose in :mod:`.fused`) and for CUDA (:mod:`.cuda`); :mod:`.autograd` - their analytic
   end-point Jacobian as the backward pass;
 * :mod:`.poly` - the polychromatic DRR of a material volume (``RenderSettings.poly``), two
-  channels in one CPU walk in :mod:`.fused_pair`.
+  channels in one CPU walk (:func:`.per_ray.siddon_walk` is generic over channels; :mod:`.fused_pair`).
 """
 
 from .backends import BACKENDS, METHODS, default_device, raymarch, resolve_backend, resolve_device, siddon, trace_rays

@@ -30,6 +30,7 @@ None of this changes a result: each ray is summed in the same order along the ra
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import threading
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .per_ray import compile_ray_functions
+from .per_ray import compile_ray_functions, compile_siddon_walk, retarget, stack_array
 
 #: Side of the ray-grouping tiles, in voxels of the two non-dominant axes.
 TILE_VOXELS = 16
@@ -55,8 +56,11 @@ CHUNKS_PER_THREAD = 8
 #: LLVM turn the trilinear sample loop into SIMD gathers with vector reductions.
 CPU_FASTMATH = {"reassoc", "contract", "nsz"}
 
-CPU = compile_ray_functions(numba.njit(nogil=True), numba.njit(nogil=True, fastmath=CPU_FASTMATH))
+
+
+CPU = compile_ray_functions(numba.njit(nogil=True), numba.njit(nogil=True, fastmath=CPU_FASTMATH), stack_array)
 _siddon_ray_cpu = CPU.siddon_ray
+siddon_walk = CPU.siddon_walk  # one channel; :func:`siddon_channel_rays_cpu` rebinds it per channel count
 _raymarch_ray_cpu = CPU.raymarch_ray
 _store_ray_cpu = CPU.store_ray
 
@@ -85,6 +89,31 @@ def raymarch_rays_cpu(vol, src, tgt, n_fixed, step, out, jac, want_jac):  # prag
         res = _raymarch_ray_cpu(flat, nx, ny, nz, src[r, 0], src[r, 1], src[r, 2],
                                 tgt[r, 0], tgt[r, 1], tgt[r, 2], n_fixed, step, want_jac)
         _store_ray_cpu(out, jac, r, res, want_jac)
+
+
+def _siddon_channel_rays(flat, shape, src, tgt, out, jac, want_jac):  # pragma: no cover - compiled
+    """Siddon through the channel-last ``flat`` volume of grid ``shape`` over rays ``src[r] -> tgt[r]``:
+    ``out[r, c] = S_c`` and (when ``want_jac``) ``jac[c, r] = dS_c/d(src, tgt)``. Compiled per channel
+    count by :func:`siddon_channel_rays_cpu`; serial and GIL-free, as :func:`siddon_rays_cpu`."""
+    nx, ny, nz = shape[0], shape[1], shape[2]
+    n_ch = out.shape[1]
+    res = np.empty(7 * n_ch)
+    for r in range(src.shape[0]):
+        siddon_walk(flat, nx, ny, nz, src[r, 0], src[r, 1], src[r, 2], tgt[r, 0], tgt[r, 1], tgt[r, 2],
+                    want_jac, res)
+        for c in range(n_ch):
+            out[r, c] = res[7 * c]
+            if want_jac:
+                for i in range(6):
+                    jac[c, r, i] = res[7 * c + 1 + i]
+
+
+@functools.cache
+def siddon_channel_rays_cpu(channels: int) -> Callable:
+    """The batch kernel of :func:`_siddon_channel_rays` for ``channels`` channels (compiled once per count)."""
+    walk = compile_siddon_walk(numba.njit(nogil=True), channels, stack_array, CPU.clip_to_box)
+    return retarget(_siddon_channel_rays, numba.njit(nogil=True), siddon_walk=walk)
+
 
 _lock = threading.Lock()
 # id(tensor) -> (weak reference to the tensor, tensor._version, axis, dtype, permuted copy)
@@ -149,14 +178,16 @@ def dominant_axis(src: np.ndarray, tgt: np.ndarray) -> int:
 
 
 def volume_along(data: Tensor, axis: int) -> np.ndarray:
-    """The volume as a C-contiguous array whose last axis is ``axis`` (cached per tensor).
+    """The volume as a C-contiguous array whose last grid axis is ``axis`` (cached per tensor).
 
-    ``axis == 2`` is the stored layout (no copy). Otherwise the permuted copy is kept while
-    the tensor lives and is not modified in place (``tensor._version``); one copy per
-    tensor, replaced when another axis is asked for.
+    A 3-D volume ``(I, J, K)`` comes back with that axis last; a channel volume ``(C, I, J, K)``
+    channel-last, ``(., ., ., C)`` (the layout of :func:`.per_ray.siddon_walk`: a voxel's channels
+    side by side). A 3-D ``axis == 2`` is the stored layout (no copy). Otherwise the permuted
+    copy is kept while the tensor lives and is not modified in place (``tensor._version``); one
+    copy per tensor, replaced when another axis is asked for.
     """
     base = as_numpy_volume(data)
-    if axis == 2:
+    if base.ndim == 3 and axis == 2:
         return base
     key = id(data)
     version = data._version
@@ -164,7 +195,9 @@ def volume_along(data: Tensor, axis: int) -> np.ndarray:
         hit = _cache.get(key)
         if hit is not None and hit[0]() is data and hit[1] == version and hit[2] == axis and hit[3] == base.dtype:
             return hit[4]
-    arr = np.ascontiguousarray(base.transpose(axis_permutation(axis)))
+    perm = axis_permutation(axis)
+    layout = perm if base.ndim == 3 else (1 + perm[0], 1 + perm[1], 1 + perm[2], 0)
+    arr = np.ascontiguousarray(base.transpose(layout))
 
     def _drop(_ref: weakref.ref, key: int = key) -> None:
         with _lock:
@@ -234,7 +267,9 @@ class KernelRays:
     """Rays and volume laid out for a kernel call, and the way back.
 
     ``vol``, ``src``, ``tgt`` go to the kernel; :meth:`restore` maps the kernel's per-ray
-    output and ``(N, 6)`` end-point Jacobian back to the caller's ray order and axes.
+    output (``N``, or ``N x C``) and end-point Jacobian (``N x 6``, or ``C x N x 6``) back to
+    the caller's ray order and axes. A channel volume (``C x I x J x K``) is laid out
+    channel-last (:func:`volume_along`).
     """
 
     vol: np.ndarray
@@ -247,16 +282,17 @@ class KernelRays:
     def prepare(cls, data: Tensor, src: np.ndarray, tgt: np.ndarray, reorder: bool = True) -> KernelRays:
         """Lay out ``src``, ``tgt`` (``N x 3`` float64 grid coordinates) and the volume."""
         if not reorder or len(src) == 0:
-            return cls(as_numpy_volume(data), src, tgt, None, None)
+            vol = as_numpy_volume(data) if data.ndim == 3 else volume_along(data, 2)
+            return cls(vol, src, tgt, None, None)
         axis = dominant_axis(src, tgt)
         vol = volume_along(data, axis)
         perm = axis_permutation(axis)
-        order = coherent_order(src, tgt, vol.shape, perm)
+        order = coherent_order(src, tgt, vol.shape[:3], perm)
         index = (order[:, None], np.array(perm)[None, :])
         return cls(vol, src[index], tgt[index], perm, order)
 
     def restore(self, out: np.ndarray, jac: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Per-ray output and ``(N, 6)`` Jacobian back in the caller's ray order and axes."""
+        """Per-ray output and Jacobian back in the caller's ray order and axes."""
         if self.order is None or self.perm is None:
             return out, jac
         full = np.empty_like(out)
@@ -264,7 +300,7 @@ class KernelRays:
         if jac is not None:
             cols = np.array([*self.perm, *(p + 3 for p in self.perm)])
             full_j = np.empty_like(jac)
-            full_j[self.order[:, None], cols[None, :]] = jac
+            full_j[..., self.order[:, None], cols[None, :]] = jac
             jac = full_j
         return full, jac
 
@@ -286,13 +322,32 @@ def trace_rays(
     (:class:`KernelRays`), runs chunks on the kernel threads, and returns ``S`` (``N``) and,
     when ``want_jac``, ``dS/d(src, tgt)`` (``N x 6``), in the caller's ray order and axes.
     The CPU counterpart of :func:`.cuda.trace_rays`.
+
+    A channel volume ``data`` (``C x I x J x K``, Siddon only) goes through one walk for all
+    channels (:func:`siddon_channel_rays_cpu`): ``S`` is then ``N x C`` and the Jacobian ``C x N x 6``.
     """
     if isinstance(src, Tensor):
         src = src.detach().to("cpu", torch.float64).contiguous().numpy()
     if isinstance(tgt, Tensor):
         tgt = tgt.detach().to("cpu", torch.float64).contiguous().numpy()
+    if data.ndim == 4 and method != "siddon":
+        raise ValueError(f"a channel volume {tuple(data.shape)} renders with method 'siddon' only, got {method!r}")
     rays = KernelRays.prepare(data, src, tgt, reorder)
     n = src.shape[0]
+    if data.ndim == 4:
+        n_ch = rays.vol.shape[3]
+        out = np.empty((n, n_ch), dtype=np.float64)
+        jac = np.empty((n_ch, n, 6) if want_jac else (n_ch, 1, 6), dtype=np.float64)
+        kernel = siddon_channel_rays_cpu(n_ch)
+        shape = np.array(rays.vol.shape[:3], dtype=np.int64)
+        flat = rays.vol.reshape(-1)
+
+        def chunk(lo: int, hi: int) -> None:
+            kernel(flat, shape, rays.src[lo:hi], rays.tgt[lo:hi], out[lo:hi], jac[:, lo:hi] if want_jac else jac,
+                   want_jac)
+
+        run_chunked(chunk, n)
+        return rays.restore(out, jac if want_jac else None)
     out = np.empty(n, dtype=np.float64)
     jac = np.empty((n, 6) if want_jac else (1, 6), dtype=np.float64)
     if method == "siddon":

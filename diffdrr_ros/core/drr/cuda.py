@@ -27,11 +27,12 @@ import math
 import os
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .per_ray import compile_ray_functions, raymarch_ray, retarget, siddon_ray, store_ray
+from .per_ray import compile_ray_functions, raymarch_ray, retarget, siddon_ray, stack_array, store_ray
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,9 @@ def _kernels() -> tuple[Callable, Callable]:
     """Compile (lazily, once) the two kernels, linked to the per-ray functions compiled for CUDA."""
     from numba import cuda as cuda_module
 
-    dev = compile_ray_functions(functools.partial(cuda_module.jit, device=True))
+    # The simulator runs the source as Python (its cuda.local.array is np.empty); compiled, an alloca.
+    scratch = np.empty if simulating() else stack_array
+    dev = compile_ray_functions(functools.partial(cuda_module.jit, device=True), local_array=scratch)
     return (
         retarget(_siddon_kernel, cuda_module.jit, cuda=cuda_module, siddon_ray=dev.siddon_ray, store_ray=dev.store_ray),
         retarget(_raymarch_kernel, cuda_module.jit, cuda=cuda_module, raymarch_ray=dev.raymarch_ray,

@@ -123,7 +123,9 @@ def trace_fused(
     ``dO/d(src, tgt)`` in grid coordinates (``B P x 6``): the forward pass of the fused path.
 
     ``m`` (``B x 4 x 4`` float64) maps camera points to grid coordinates. Also the per-pixel pose
-    Jacobian's source (:mod:`.jacobian`).
+    Jacobian's source (:mod:`.jacobian`). A channel volume (``C x I x J x K``, Siddon) goes
+    through one walk (:func:`.cpu.trace_rays`): ``O`` is then ``B P x C`` and ``dO/d(src, tgt)``
+    ``C x B P x 6``.
     """
     n = m.shape[0] * pixels.shape[0]
     src = np.empty((n, 3))
@@ -132,13 +134,21 @@ def trace_fused(
     _make_rays(m, a_ct_grid, source, pixels, src, tgt, length)
     n_fixed, step = sampling_args(n_samples, step_voxels)
     s_val, jac_r = trace_rays(method, data, src, tgt, want_jac, n_fixed, step, reorder)
+    if s_val.ndim == 1:
+        if want_jac:
+            _output_jacobian(a_ct_grid, src, tgt, s_val, length, jac_r)
+        return s_val * length, jac_r
     if want_jac:
-        _output_jacobian(a_ct_grid, src, tgt, s_val, length, jac_r)
-    return s_val * length, jac_r
+        for c in range(s_val.shape[1]):
+            jc = np.ascontiguousarray(jac_r[c])
+            _output_jacobian(a_ct_grid, src, tgt, np.ascontiguousarray(s_val[:, c]), length, jc)
+            jac_r[c] = jc
+    return s_val * length[:, None], jac_r
 
 
 class _FusedRender(torch.autograd.Function):
-    """``M (B, 4, 4)`` -> line integrals ``(B, P)``; see the module docstring."""
+    """``M (B, 4, 4)`` -> line integrals ``(B, P)``, or ``(B, C, P)`` for a channel volume (the
+    backward then sums the channels' ``dLoss/dM``); see the module docstring."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -159,22 +169,27 @@ class _FusedRender(torch.autograd.Function):
         values, jac_r = trace_fused(data, m, a_ct_grid, source, pixels, method, n_samples, step_voxels, reorder,
                                     want_jac)
         if want_jac:
-            ctx.fused = (m.shape[0], source, pixels, jac_r)  # 48 bytes per ray kept
+            ctx.fused = (m.shape[0], source, pixels, jac_r)  # 48 bytes per ray (and channel) kept
             ctx.out_dtype = m_grid_cam.dtype
-        return torch.from_numpy(values).reshape(b, n_pix).to(m_grid_cam.dtype)
+        if values.ndim == 1:
+            return torch.from_numpy(values).reshape(b, n_pix).to(m_grid_cam.dtype)
+        return torch.from_numpy(values.reshape(b, n_pix, -1).transpose(0, 2, 1).copy()).to(m_grid_cam.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        n_pose, source, pixels, jac_out = ctx.fused
-        g = np.ascontiguousarray(grad_out.detach().to("cpu", torch.float64).reshape(-1).numpy())
+        n_pose, source, pixels, jac = ctx.fused
+        g_all = grad_out.detach().to("cpu", torch.float64).numpy()  # B P, or B C P
+        channels = [(g_all, jac)] if jac.ndim == 2 else [(g_all[:, c], jac[c]) for c in range(jac.shape[0])]
         partials: list[np.ndarray] = []
+        for g_c, jac_out in channels:
+            g = np.ascontiguousarray(g_c.reshape(-1))
 
-        def chunk(lo: int, hi: int) -> None:
-            part = np.zeros((n_pose, 3, 4))
-            _grad_m(lo, hi, source, pixels, jac_out, g, part)
-            partials.append(part)
+            def chunk(lo: int, hi: int, g: np.ndarray = g, jac_out: np.ndarray = jac_out) -> None:
+                part = np.zeros((n_pose, 3, 4))
+                _grad_m(lo, hi, source, pixels, jac_out, g, part)
+                partials.append(part)
 
-        run_chunked(chunk, g.shape[0])
+            run_chunked(chunk, g.shape[0])
         grad = np.zeros((n_pose, 4, 4))
         grad[:, :3, :] = np.sum(partials, axis=0)
         return torch.from_numpy(grad).to(ctx.out_dtype), None, None, None, None, None, None, None, None
@@ -191,7 +206,8 @@ def render_rays_fused(
     step_voxels: float,
     reorder: bool,
 ) -> Tensor:
-    """Line integrals (mm x value) ``(B, P)`` of rays ``source -> pixels`` (camera frame, mm).
+    """Line integrals (mm x value) ``(B, P)`` of rays ``source -> pixels`` (camera frame, mm);
+    ``(B, C, P)`` for a channel volume ``data`` (``C x I x J x K``, Siddon: one walk for all channels).
 
     ``m_grid_cam`` (``B x 4 x 4``, may require grad) maps camera points to grid coordinates;
     ``a_ct_grid`` (3 x 3) maps grid directions to mm (for the ray length).

@@ -7,6 +7,10 @@ ray's end points:
 
     (S, dS/dsrc_x, dS/dsrc_y, dS/dsrc_z, dS/dtgt_x, dS/dtgt_y, dS/dtgt_z)
 
+The Siddon walk (:func:`siddon_walk`) does so for every channel of a channel-last volume in
+one traversal (the polychromatic DRR's materials), compiled per channel count
+(:func:`compile_siddon_walk`); :func:`siddon_ray` is its one-channel form.
+
 They use scalars, ``math``, ``np.float64`` casts (``float()`` of a float32 stays float32 in
 numba) and 1-D array reads only, the subset that numba compiles both
 for the CPU and for CUDA (and plain Python runs, slowly, for debugging). The same source
@@ -31,9 +35,18 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
+from numba import types as nbtypes
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 #: Slack in the per-ray sample count of the trilinear kernel (see :func:`.reference.sample_counts`).
 COUNT_SLACK = 1e-6
+#: Channels of :func:`siddon_walk`: a compile-time constant, rebound by :func:`compile_siddon_walk`
+#: (this value is the one plain Python runs with).
+CHANNELS = 1
+#: ``local_array(shape, dtype)``: per-ray scratch (the signature of ``np.empty`` and of
+#: ``cuda.local.array``), rebound for each target by :func:`compile_ray_functions`.
+local_array = np.empty
 
 # ---------------------------------------------------------------------------------------
 # The per-ray functions (pure Python source; compiled by compile_ray_functions)
@@ -66,8 +79,13 @@ def clip_to_box(sx, sy, sz, dx, dy, dz, nx, ny, nz):  # pragma: no cover - compi
     return amin, amax, ain, aout, ok and amin < amax
 
 
-def siddon_ray(flat, nx, ny, nz, sx, sy, sz, tx, ty, tz, want_jac):  # pragma: no cover - compiled
-    """Exact Siddon/Jacobs traversal of one ray; ``flat`` is the C-order volume, raveled.
+def siddon_walk(flat, nx, ny, nz, sx, sy, sz, tx, ty, tz, want_jac, res):  # pragma: no cover - compiled
+    """Exact Siddon/Jacobs traversal of one ray through the ``CHANNELS`` channels of a volume.
+
+    ``flat`` is the channel-last C-order volume, raveled (channel ``c`` of voxel ``(i, j, k)`` at
+    ``CHANNELS ((i ny + j) nz + k) + c``; with one channel, the volume itself). ``res``
+    (``7 CHANNELS``) gets, for each channel ``c``, ``res[7 c : 7 c + 7] = (S, dS/dsrc, dS/dtgt)``:
+    one walk, one tie-breaking, for every channel.
 
     The walk keeps, per axis, the coordinate of the next plane (stepped by +-1, exact in
     floating point, so every crossing ``(plane - s) * (1 / d)`` is computed afresh: no drift,
@@ -75,11 +93,19 @@ def siddon_ray(flat, nx, ny, nz, sx, sy, sz, tx, ty, tz, want_jac):  # pragma: n
     face. For the gradient, each crossing of a plane on axis ``a`` at ``alpha`` with jump
     ``J = V_before - V_after`` (``V = 0`` outside) adds ``J`` to ``Q_a`` and ``J alpha`` to
     ``P_a``; then ``dS/dsrc_a = (P_a - Q_a) / d_a`` and ``dS/dtgt_a = -P_a / d_a``.
+
+    ``CHANNELS`` is a compile-time constant (bound by :func:`compile_siddon_walk`): the
+    per-channel state lives in :data:`local_array` s of that size (:func:`stack_array` when
+    compiled, ``np.empty`` in plain Python), whose loops the compilers unroll and whose
+    elements they keep in registers; with one channel the walk compiles to the scalar loop a
+    single-channel walk would be.
     """
+    for i in range(7 * CHANNELS):
+        res[i] = 0.0
     dx, dy, dz = tx - sx, ty - sy, tz - sz
     amin, amax, ain, aout, hit = clip_to_box(sx, sy, sz, dx, dy, dz, nx, ny, nz)
     if not hit:
-        return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+        return
     ivx = 1.0 / dx if dx != 0.0 else 0.0
     ivy = 1.0 / dy if dy != 0.0 else 0.0
     ivz = 1.0 / dz if dz != 0.0 else 0.0
@@ -91,29 +117,32 @@ def siddon_ray(flat, nx, ny, nz, sx, sy, sz, tx, ty, tz, want_jac):  # pragma: n
     iz = min(max(int(math.floor(pz)) if dz >= 0 else int(math.ceil(pz)) - 1, 0), nz - 1)  # noqa: RUF046
     # Per axis: next plane, plane step, flat-index step, voxels left.
     if dx > 0:
-        plx, stepx, strx, leftx = ix + 1.0, 1.0, ny * nz, nx - 1 - ix
+        plx, stepx, strx, leftx = ix + 1.0, 1.0, CHANNELS * ny * nz, nx - 1 - ix
     elif dx < 0:
-        plx, stepx, strx, leftx = ix * 1.0, -1.0, -(ny * nz), ix
+        plx, stepx, strx, leftx = ix * 1.0, -1.0, -(CHANNELS * ny * nz), ix
     else:
         plx, stepx, strx, leftx = 0.0, 0.0, 0, 0
     if dy > 0:
-        ply, stepy, stry, lefty = iy + 1.0, 1.0, nz, ny - 1 - iy
+        ply, stepy, stry, lefty = iy + 1.0, 1.0, CHANNELS * nz, ny - 1 - iy
     elif dy < 0:
-        ply, stepy, stry, lefty = iy * 1.0, -1.0, -nz, iy
+        ply, stepy, stry, lefty = iy * 1.0, -1.0, -(CHANNELS * nz), iy
     else:
         ply, stepy, stry, lefty = 0.0, 0.0, 0, 0
     if dz > 0:
-        plz, stepz, strz, leftz = iz + 1.0, 1.0, 1, nz - 1 - iz
+        plz, stepz, strz, leftz = iz + 1.0, 1.0, CHANNELS, nz - 1 - iz
     elif dz < 0:
-        plz, stepz, strz, leftz = iz * 1.0, -1.0, -1, iz
+        plz, stepz, strz, leftz = iz * 1.0, -1.0, -CHANNELS, iz
     else:
         plz, stepz, strz, leftz = 0.0, 0.0, 0, 0
     nxt_x = (plx - sx) * ivx if dx != 0.0 else math.inf
     nxt_y = (ply - sy) * ivy if dy != 0.0 else math.inf
     nxt_z = (plz - sz) * ivz if dz != 0.0 else math.inf
-    idx = (ix * ny + iy) * nz + iz
-    v = np.float64(flat[idx])
-    acc = 0.0
+    idx = CHANNELS * ((ix * ny + iy) * nz + iz)
+    v = local_array(CHANNELS, np.float64)  # per channel: the current voxel's value
+    acc = local_array(CHANNELS, np.float64)  # the path so far
+    for c in range(CHANNELS):
+        v[c] = np.float64(flat[idx + c])
+        acc[c] = 0.0
     a_cur = amin
     # Two copies of the walk, forward only and with the jump bookkeeping: one loop with
     # ``if want_jac`` inside measured 8-9 % slower in both modes (LLVM does not unswitch it).
@@ -122,7 +151,7 @@ def siddon_ray(flat, nx, ny, nz, sx, sy, sz, tx, ty, tz, want_jac):  # pragma: n
             if nxt_x <= nxt_y and nxt_x <= nxt_z:
                 if nxt_x >= amax or leftx == 0:
                     break
-                acc += (nxt_x - a_cur) * v
+                seg = nxt_x - a_cur
                 a_cur = nxt_x
                 plx += stepx
                 nxt_x = (plx - sx) * ivx
@@ -131,7 +160,7 @@ def siddon_ray(flat, nx, ny, nz, sx, sy, sz, tx, ty, tz, want_jac):  # pragma: n
             elif nxt_y <= nxt_z:
                 if nxt_y >= amax or lefty == 0:
                     break
-                acc += (nxt_y - a_cur) * v
+                seg = nxt_y - a_cur
                 a_cur = nxt_y
                 ply += stepy
                 nxt_y = (ply - sy) * ivy
@@ -140,74 +169,102 @@ def siddon_ray(flat, nx, ny, nz, sx, sy, sz, tx, ty, tz, want_jac):  # pragma: n
             else:
                 if nxt_z >= amax or leftz == 0:
                     break
-                acc += (nxt_z - a_cur) * v
+                seg = nxt_z - a_cur
                 a_cur = nxt_z
                 plz += stepz
                 nxt_z = (plz - sz) * ivz
                 idx += strz
                 leftz -= 1
-            v = np.float64(flat[idx])
-        return acc + (amax - a_cur) * v, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
-    qx = qy = qz = 0.0  # sum of jumps per axis
-    wx = wy = wz = 0.0  # sum of jump * alpha per axis
-    if ain == 0:  # entering through a face: jump 0 -> v
-        qx -= v
-        wx -= v * amin
-    elif ain == 1:
-        qy -= v
-        wy -= v * amin
-    elif ain == 2:
-        qz -= v
-        wz -= v * amin
+            for c in range(CHANNELS):
+                acc[c] += seg * v[c]
+                v[c] = np.float64(flat[idx + c])
+        for c in range(CHANNELS):
+            res[7 * c] = acc[c] + (amax - a_cur) * v[c]
+        return
+    qx = local_array(CHANNELS, np.float64)  # per channel and axis: sum of jumps
+    qy = local_array(CHANNELS, np.float64)
+    qz = local_array(CHANNELS, np.float64)
+    wx = local_array(CHANNELS, np.float64)  # per channel and axis: sum of jump * alpha
+    wy = local_array(CHANNELS, np.float64)
+    wz = local_array(CHANNELS, np.float64)
+    for c in range(CHANNELS):
+        qx[c] = qy[c] = qz[c] = wx[c] = wy[c] = wz[c] = 0.0
+        if ain == 0:  # entering through a face: jump 0 -> v
+            qx[c] -= v[c]
+            wx[c] -= v[c] * amin
+        elif ain == 1:
+            qy[c] -= v[c]
+            wy[c] -= v[c] * amin
+        elif ain == 2:
+            qz[c] -= v[c]
+            wz[c] -= v[c] * amin
     while True:
         if nxt_x <= nxt_y and nxt_x <= nxt_z:
             if nxt_x >= amax or leftx == 0:
                 break
-            acc += (nxt_x - a_cur) * v
+            seg = nxt_x - a_cur
             a_cur = nxt_x
             plx += stepx
             nxt_x = (plx - sx) * ivx
             idx += strx
             leftx -= 1
-            vn = np.float64(flat[idx])
-            qx += v - vn
-            wx += (v - vn) * a_cur
+            for c in range(CHANNELS):
+                acc[c] += seg * v[c]
+                vn = np.float64(flat[idx + c])
+                qx[c] += v[c] - vn
+                wx[c] += (v[c] - vn) * a_cur
+                v[c] = vn
         elif nxt_y <= nxt_z:
             if nxt_y >= amax or lefty == 0:
                 break
-            acc += (nxt_y - a_cur) * v
+            seg = nxt_y - a_cur
             a_cur = nxt_y
             ply += stepy
             nxt_y = (ply - sy) * ivy
             idx += stry
             lefty -= 1
-            vn = np.float64(flat[idx])
-            qy += v - vn
-            wy += (v - vn) * a_cur
+            for c in range(CHANNELS):
+                acc[c] += seg * v[c]
+                vn = np.float64(flat[idx + c])
+                qy[c] += v[c] - vn
+                wy[c] += (v[c] - vn) * a_cur
+                v[c] = vn
         else:
             if nxt_z >= amax or leftz == 0:
                 break
-            acc += (nxt_z - a_cur) * v
+            seg = nxt_z - a_cur
             a_cur = nxt_z
             plz += stepz
             nxt_z = (plz - sz) * ivz
             idx += strz
             leftz -= 1
-            vn = np.float64(flat[idx])
-            qz += v - vn
-            wz += (v - vn) * a_cur
-        v = vn
-    s = acc + (amax - a_cur) * v
-    if aout == 0:  # leaving through a face: jump v -> 0
-        qx += v
-        wx += v * amax
-    elif aout == 1:
-        qy += v
-        wy += v * amax
-    elif aout == 2:
-        qz += v
-        wz += v * amax
-    return s, ivx * (wx - qx), ivy * (wy - qy), ivz * (wz - qz), -ivx * wx, -ivy * wy, -ivz * wz
+            for c in range(CHANNELS):
+                acc[c] += seg * v[c]
+                vn = np.float64(flat[idx + c])
+                qz[c] += v[c] - vn
+                wz[c] += (v[c] - vn) * a_cur
+                v[c] = vn
+    for c in range(CHANNELS):
+        if aout == 0:  # leaving through a face: jump v -> 0
+            qx[c] += v[c]
+            wx[c] += v[c] * amax
+        elif aout == 1:
+            qy[c] += v[c]
+            wy[c] += v[c] * amax
+        elif aout == 2:
+            qz[c] += v[c]
+            wz[c] += v[c] * amax
+        r = 7 * c
+        res[r] = acc[c] + (amax - a_cur) * v[c]
+        res[r + 1], res[r + 2], res[r + 3] = ivx * (wx[c] - qx[c]), ivy * (wy[c] - qy[c]), ivz * (wz[c] - qz[c])
+        res[r + 4], res[r + 5], res[r + 6] = -ivx * wx[c], -ivy * wy[c], -ivz * wz[c]
+
+
+def siddon_ray(flat, nx, ny, nz, sx, sy, sz, tx, ty, tz, want_jac):  # pragma: no cover - compiled
+    """:func:`siddon_walk` of a one-channel volume: ``(S, dS/dsrc, dS/dtgt)`` as seven numbers."""
+    res = local_array(7, np.float64)
+    siddon_walk(flat, nx, ny, nz, sx, sy, sz, tx, ty, tz, want_jac, res)
+    return res[0], res[1], res[2], res[3], res[4], res[5], res[6]
 
 
 def face_motion(face, a_face, ds, dx, dy, dz):  # pragma: no cover - compiled
@@ -370,15 +427,44 @@ def sampling_args(n_samples: int | None, step_voxels: float) -> tuple[int, float
     return int(n_samples), 0.0
 
 
+@intrinsic(target="generic")
+def stack_array(typingctx, shape, dtype):  # pragma: no cover - compiled
+    """``np.empty(shape, dtype)`` in the calling function's stack frame (uninitialised; ``shape`` a
+    compile-time integer), for compiled code on any target (an ``alloca``: what ``cuda.local.array``
+    is on CUDA): per-ray scratch that costs no allocation, and that LLVM / NVVM keep in registers
+    when every index is a constant (see :func:`siddon_walk`). The :data:`local_array` of the CPU
+    and CUDA targets."""
+    if not isinstance(shape, nbtypes.IntegerLiteral):
+        return None
+    elem = dtype.instance_type if isinstance(dtype, (nbtypes.NumberClass, nbtypes.DType)) else None
+    if not isinstance(elem, nbtypes.Number):
+        return None
+    arr_t = nbtypes.Array(elem, 1, "C")
+    size = int(shape.literal_value)
+
+    def codegen(context, builder, signature, args):
+        ll_elem = context.get_value_type(elem)
+        itemsize = context.get_abi_sizeof(ll_elem)
+        ary = context.make_array(arr_t)(context, builder)
+        context.populate_array(ary, data=cgutils.alloca_once(builder, ll_elem, size=size),
+                               shape=[context.get_constant(nbtypes.intp, size)],
+                               strides=[context.get_constant(nbtypes.intp, itemsize)],
+                               itemsize=context.get_constant(nbtypes.intp, itemsize), meminfo=None)
+        return ary._getvalue()
+
+    return arr_t(shape, dtype), codegen
+
+
 # ---------------------------------------------------------------------------------------
 # Compilation for a target
 # ---------------------------------------------------------------------------------------
 
 
 class RayFunctions(NamedTuple):
-    """The per-ray functions compiled for one target."""
+    """The per-ray functions compiled for one target (the Siddon walk for one channel)."""
 
     clip_to_box: Callable
+    siddon_walk: Callable
     siddon_ray: Callable
     raymarch_ray: Callable
     store_ray: Callable
@@ -394,18 +480,32 @@ def retarget(fn: Callable, jit: Callable, **helpers: object) -> Callable:
     return jit(copy)
 
 
-def compile_ray_functions(jit: Callable, jit_sampling: Callable | None = None) -> RayFunctions:
+def compile_siddon_walk(jit: Callable, channels: int, local_array: Callable, clip: Callable | None = None) -> Callable:
+    """:func:`siddon_walk` for ``channels`` channels, compiled with ``jit``; ``local_array`` is the
+    target's per-ray scratch (see :data:`local_array`), ``clip`` its :func:`clip_to_box`."""
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
+    clip = retarget(clip_to_box, jit) if clip is None else clip
+    return retarget(siddon_walk, jit, clip_to_box=clip, CHANNELS=int(channels), local_array=local_array)
+
+
+def compile_ray_functions(jit: Callable, jit_sampling: Callable | None = None,
+                          local_array: Callable = np.empty) -> RayFunctions:
     """Compile the per-ray functions with ``jit`` (``jit_sampling`` for the trilinear sample loop).
 
-    ``jit`` is e.g. ``numba.njit(nogil=True)`` or ``numba.cuda.jit(device=True)``.
+    ``jit`` is e.g. ``numba.njit(nogil=True)`` or ``numba.cuda.jit(device=True)``, and
+    ``local_array`` the target's per-ray scratch (:data:`local_array`: :func:`stack_array` when
+    compiled, ``np.empty`` where the source runs as Python, as in numba's CUDA simulator).
     """
     jit_sampling = jit if jit_sampling is None else jit_sampling
     clip = retarget(clip_to_box, jit)
     face = retarget(face_motion, jit)
     samples = retarget(march_samples, jit_sampling)
+    walk = compile_siddon_walk(jit, 1, local_array, clip)
     return RayFunctions(
         clip_to_box=clip,
-        siddon_ray=retarget(siddon_ray, jit, clip_to_box=clip),
+        siddon_walk=walk,
+        siddon_ray=retarget(siddon_ray, jit, siddon_walk=walk, local_array=local_array),
         raymarch_ray=retarget(raymarch_ray, jit, clip_to_box=clip, face_motion=face, march_samples=samples),
         store_ray=retarget(store_ray, jit),
     )
