@@ -7,7 +7,8 @@ Interfaces (names relative to the node's namespace; see README):
 
 * subscribes ``fluoro/image`` (Image; or CompressedImage on ``fluoro/image/compressed`` with
   ``image.transport: compressed``; reliable unless the publishers are best effort,
-  :func:`.qos.image_qos`), ``carm/joint_states`` (JointState), optionally
+  :func:`.qos.image_qos`; decoded and binned on arrival: :class:`.image_input.ImageInput`),
+  ``carm/joint_states`` (JointState), optionally
   ``fluoro/camera_info`` (CameraInfo);
 * publishes ``/tf`` (carm -> source and carm -> detector for every frame paired with joints,
   carm -> ct for known poses, stamped with the image time), ``/tf_static`` (world -> carm),
@@ -41,13 +42,11 @@ import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State as LifecycleState
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
@@ -58,7 +57,6 @@ from ..core.overlay import overlay
 from ..core.registration import (
     PHYSICS_PARAMETERS,
     AmbiguityGate,
-    FixedImageError,
     FrameStart,
     KnownPoseGate,
     LostTrackGate,
@@ -74,17 +72,12 @@ from ..core.registration import (
     calibrate_physics,
     disagreeing_views,
     pose_covariance,
-    prepare_fixed,
 )
 from .conversions import (
-    ImageConversionError,
     JointNames,
     JointStateError,
     array_to_image,
-    bin_frame,
-    compressed_to_array,
     covariance_to_ros,
-    image_to_array,
     joints_from_message,
     matrix_to_pose,
     pose_to_matrix,
@@ -93,8 +86,9 @@ from .conversions import (
     stamped_transform,
     xyz_rpy_to_matrix,
 )
+from .image_input import ImageInput
 from .params import PARAMS, check_choices
-from .qos import TF_QOS, TF_STATIC_QOS, image_qos
+from .qos import TF_QOS, TF_STATIC_QOS
 from .runtime import StartupError, load_ct, run_node
 from .topic_status import TopicStatus, TopicStatusParams
 
@@ -238,7 +232,7 @@ class RegistrationGlue:
         self._running = False
         self._worker: threading.Thread | None = None
         self._subscriptions_held: list = []
-        self._image_subs: dict[str, tuple[object, str, object]] = {}  # key -> (subscription, topic, callback)
+        self.images = ImageInput(self, self._lock, self._add_note)  # frames in: subscriptions, QoS, decoding
         self.topic_status: dict[str, TopicStatus] = {}  # input topic statuses on /diagnostics (see _configure)
         self._configured: list = []  # publishers, services, timers, callbacks made by _configure
         self.registrar: Registrar | None = None
@@ -262,11 +256,11 @@ class RegistrationGlue:
             if not self.frames[key]:
                 raise StartupError(f"frames.{key} must not be empty (tf2 rejects empty frame ids)")
         self.frames["detector"] = self._p("frames.detector")
-        self.binning = int(self._p("image.binning"))
-        self.detector = self._working_detector(self._detector_from_params())  # the registration's size
+        self.images.configure()
+        self.detector = self.images.working_detector(self._detector_from_params())  # the registration's size
         self.detector_b = None  # plane B's own intrinsics (None: plane A's)
         if self._p("biplane.enabled") and self._p("detector_b.height") > 0:
-            self.detector_b = self._working_detector(self._detector_from_params("detector_b"))
+            self.detector_b = self.images.working_detector(self._detector_from_params("detector_b"))
         values = [float(v) for v in self._p("biplane.cam_b_from_cam_a")]
         if len(values) != 6:
             raise StartupError("biplane.cam_b_from_cam_a needs 6 values: x y z (m) roll pitch yaw (rad)")
@@ -298,6 +292,7 @@ class RegistrationGlue:
         self.overlay_info_pub = self.create_publisher(CameraInfo, "~/overlay/camera_info", 2)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.topic_status = self._topic_statuses()
+        self.images.statuses = self.topic_status
         self._configured = [
             ("publisher", self.tf_pub), ("publisher", self.tf_static_pub), ("publisher", self.pose_pub),
             ("publisher", self.overlay_pub), ("publisher", self.overlay_info_pub), ("publisher", self.diag_pub),
@@ -319,10 +314,9 @@ class RegistrationGlue:
         self._subscriptions_held = [
             self.create_subscription(JointState, self._p("topics.joint_states"), self._on_joints, 50),
         ]
-        self._image_subs = {}
-        self._subscribe_image("image", self._image_topic(self._p("topics.image")), self._on_image)
+        self.images.subscribe("image", self.images.topic(self._p("topics.image")), self._on_image)
         if self._p("biplane.enabled"):
-            self._subscribe_image("image_b", self._image_topic(self._p("topics.image_b")), self._on_image_b)
+            self.images.subscribe("image_b", self.images.topic(self._p("topics.image_b")), self._on_image_b)
         if self._p("use_camera_info"):
             self._subscriptions_held.append(
                 self.create_subscription(CameraInfo, self._p("topics.camera_info"), self._on_camera_info, 5))
@@ -338,10 +332,10 @@ class RegistrationGlue:
 
     def _deactivate(self) -> None:
         """Stop taking frames: unsubscribe, finish the frame in hand, stop the worker."""
-        for sub in self._subscriptions_held + [sub for sub, _, _ in self._image_subs.values()]:
+        for sub in self._subscriptions_held:
             self.destroy_subscription(sub)
         self._subscriptions_held = []
-        self._image_subs = {}
+        self.images.unsubscribe()
         self._running = False
         if self._worker is not None:
             self._worker.join(timeout=30.0)
@@ -403,23 +397,6 @@ class RegistrationGlue:
         except ValueError as exc:
             raise StartupError(f"bad {prefix} parameters: {exc}") from exc
 
-    def _working_detector(self, det: Detector) -> Detector:
-        """The detector the registration works on: ``det`` (frames as delivered) binned by ``image.binning``."""
-        b = self.binning
-        if det.height % b or det.width % b:
-            raise StartupError(f"image.binning {b} must divide the detector size {det.height}x{det.width}")
-        work = det.scaled(b) if b > 1 else det
-        if max(work.shape) > 256:
-            self.get_logger().warning(
-                f"frames of {det.height}x{det.width} px are registered at {work.height}x{work.width}: slow; set "
-                f"image.binning (e.g. {max(2, max(det.shape) // 128)}) to register at ~128 px "
-                "(docs/image-streams.md)")
-        return work
-
-    def _image_topic(self, topic: str) -> str:
-        """The topic frames come on: ``topic``, or ``topic/compressed`` (image_transport's name) when compressed."""
-        return f"{topic}/compressed" if self._p("image.transport") == "compressed" else topic
-
     def _topic_statuses(self) -> dict[str, TopicStatus]:
         """Frequency / stamp-delay / stamp-gap status of each input (``topic_status.*``)."""
         def params(kind: str) -> TopicStatusParams:
@@ -430,79 +407,20 @@ class RegistrationGlue:
         def clock() -> float:
             return self.get_clock().now().nanoseconds * 1e-9
 
-        topics = {"image": ("image", self._image_topic(self._p("topics.image"))),
+        topics = {"image": ("image", self.images.topic(self._p("topics.image"))),
                   "joint_states": ("joint_states", self._p("topics.joint_states"))}
         if self._p("biplane.enabled"):
-            topics["image_b"] = ("image", self._image_topic(self._p("topics.image_b")))
+            topics["image_b"] = ("image", self.images.topic(self._p("topics.image_b")))
         try:
             return {key: TopicStatus(self.resolve_topic_name(topic), params(kind), clock, gaps=kind == "image")
                     for key, (kind, topic) in topics.items()}
         except ValueError as exc:
             raise StartupError(f"bad topic_status parameters: {exc}") from exc
 
-    def _subscribe_image(self, key: str, topic: str, callback) -> None:
-        """(Re)subscribe ``key``'s frames on ``topic`` with :func:`.qos.image_qos` for its current publishers."""
-        old = self._image_subs.pop(key, None)
-        if old is not None:
-            self.destroy_subscription(old[0])
-        offered = [info.qos_profile for info in self.get_publishers_info_by_topic(topic)]
-        qos = image_qos(self._p("qos.image_reliability"), self._p("qos.image_depth"), offered)
-        msg_type = CompressedImage if self._p("image.transport") == "compressed" else Image
-        events = SubscriptionEventCallbacks(
-            message_lost=lambda info, k=key: self._on_message_lost(k, info),
-            incompatible_qos=lambda info, t=topic: self.get_logger().warning(
-                f"a publisher of {t} offers a QoS this subscription cannot match ({info.last_policy_kind}); "
-                "with qos.image_reliability auto the node re-subscribes within a diagnostics period",
-                throttle_duration_sec=10.0))
-        try:
-            sub = self.create_subscription(msg_type, topic, callback, qos, event_callbacks=events)
-        except Exception as exc:  # an rmw without the message-lost event: subscribe without the events
-            self.get_logger().info(f"{topic}: no DDS message-lost events ({exc})")
-            sub = self.create_subscription(msg_type, topic, callback, qos)
-        self._image_subs[key] = (sub, topic, callback)
-        self.get_logger().info(f"frames from {self.resolve_topic_name(topic)} ({msg_type.__name__}, "
-                               f"{qos.reliability.name.lower()}, keep last {qos.depth})")
-
-    def _check_image_qos(self) -> None:
-        """``qos.image_reliability: auto``: follow the publishers (a best-effort one appeared, or went)."""
-        if self._p("qos.image_reliability") != "auto":
-            return
-        for key, (sub, topic, callback) in list(self._image_subs.items()):
-            offered = [info.qos_profile for info in self.get_publishers_info_by_topic(topic)]
-            if not offered:
-                continue  # nothing to match yet (or any more): keep what there is
-            want = image_qos("auto", self._p("qos.image_depth"), offered).reliability
-            if want != sub.qos_profile.reliability:
-                if want == ReliabilityPolicy.BEST_EFFORT:
-                    self.get_logger().warning(
-                        f"a publisher of {topic} offers best effort only: subscribing best effort (frames above "
-                        "~256 px a side may be lost on the way; both processes with config/fastdds_large_frames.xml "
-                        "or a reliable publisher keep them; docs/image-streams.md)")
-                self._subscribe_image(key, topic, callback)
-
-    def _on_message_lost(self, key: str, info) -> None:
-        status = self.topic_status.get(key)
-        if status is not None:
-            with self._lock:
-                status.extra["Messages lost (DDS)"] = int(info.total_count)
-        self.get_logger().warning(f"{info.total_count_change} message(s) lost on the way to "
-                                  f"{status.topic if status else key} ({info.total_count} in all)",
-                                  throttle_duration_sec=5.0)
-
-    def _tick_topic(self, key: str, stamp: float) -> None:
-        """An input message stamped ``stamp`` (s) arrived; stamp gaps (frames missing) are logged, throttled."""
-        status = self.topic_status.get(key)
-        if status is None:
-            return
-        missing = status.tick(stamp)
-        if missing:
-            with self._lock:
-                self.stats.notes["frames_missing_stamp_gaps"] = self.stats.notes.get("frames_missing_stamp_gaps",
-                                                                                     0) + missing
-            median = status.gaps.median_interval() or 0.0
-            self.get_logger().warning(f"{missing} frame(s) missing on {status.topic} before stamp {stamp:.3f} s "
-                                      f"(stamps usually {median:.3f} s apart; {status.gaps.missing} missing in all)",
-                                      throttle_duration_sec=5.0)
+    def _add_note(self, counter: str, n: int = 1) -> None:
+        """Add ``n`` to the diagnostics counter ``counter``."""
+        with self._lock:
+            self.stats.notes[counter] = self.stats.notes.get(counter, 0) + n
 
     def _config(self, overrides: dict | None = None, tracking: bool = False, wide: bool = False) -> RegistrationConfig:
         def get(n):
@@ -546,7 +464,7 @@ class RegistrationGlue:
     # ------------------------------------------------------------------ callbacks (executor thread)
 
     def _on_joints(self, msg: JointState) -> None:
-        self._tick_topic("joint_states", stamp_to_seconds(msg.header.stamp))
+        self.images.tick("joint_states", stamp_to_seconds(msg.header.stamp))  # the same status accounting
         try:
             joints = joints_from_message(msg, self.joint_names)
         except JointStateError as exc:
@@ -566,12 +484,12 @@ class RegistrationGlue:
             self._camera_info = msg
 
     def _on_image_b(self, msg: Image | CompressedImage) -> None:
-        self._tick_topic("image_b", stamp_to_seconds(msg.header.stamp))
+        self.images.tick("image_b", stamp_to_seconds(msg.header.stamp))
         with self._lock:
             self._frames_b.append(msg)
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
-        self._tick_topic("image", stamp_to_seconds(msg.header.stamp))
+        self.images.tick("image", stamp_to_seconds(msg.header.stamp))
         with self._lock:
             self.stats.frames_received += 1
         self._slot.put((msg, time.perf_counter()), stamp_to_seconds(msg.header.stamp))
@@ -663,9 +581,10 @@ class RegistrationGlue:
             return
         try:
             det = self._detector_from_camera_info(info)
-            if det.height % self.binning or det.width % self.binning:
-                raise ValueError(f"image.binning {self.binning} does not divide its size {det.height}x{det.width}")
-            det = det.scaled(self.binning) if self.binning > 1 else det  # the working detector
+            b = self.images.binning
+            if det.height % b or det.width % b:
+                raise ValueError(f"image.binning {b} does not divide its size {det.height}x{det.width}")
+            det = det.scaled(b) if b > 1 else det  # the working detector
         except ValueError as exc:
             self._reject(f"camera info ignored: {exc}", count=False)
             with self._lock:
@@ -904,7 +823,7 @@ class RegistrationGlue:
             self._reject(f"out-of-order frame (stamp {stamp:.3f} s <= last {self._last_stamp:.3f} s)")
             return None
         try:
-            pixels, fixed, mask = self._prepare_image(msg, self.detector)
+            pixels, fixed, mask = self.images.prepare(msg, self.detector)
         except ValueError as exc:
             self._reject(str(exc))
             return None
@@ -942,7 +861,7 @@ class RegistrationGlue:
         with self._lock:
             self._frames_b = deque((m for m in self._frames_b if m is not best), maxlen=self._frames_b.maxlen)
         try:
-            _, fixed, mask = self._prepare_image(best, self.detector_b or self.detector)
+            _, fixed, mask = self.images.prepare(best, self.detector_b or self.detector)
         except ValueError as exc:
             self._note("biplane_rejected", f"plane B frame ignored: {exc}; registering plane A alone")
             return []
@@ -954,43 +873,6 @@ class RegistrationGlue:
                 return []
             cam_b_from_cam_a = cam_from_iso(near[0]) @ invert_transform(cam_from_iso(frame.joints))
         return [View(fixed, cam_b_from_cam_a, mask, self.detector_b)]
-
-    def _prepare_image(self, msg: Image | CompressedImage, det: Detector
-                       ) -> tuple[np.ndarray, torch.Tensor, np.ndarray | None]:
-        """Pixels, fixed image (DRR-like units) and exposed-pixel mask of a frame for ``det`` (``image.*``).
-
-        ``det`` is the working detector: the frame must have ``image.binning`` times its size and is
-        binned first (before the log transform and everything else). Raises ``ValueError``
-        (conversion, size, pixel values) with the reason as the node reports it.
-        """
-        if isinstance(msg, CompressedImage):
-            try:
-                pixels = compressed_to_array(msg)
-            except ImageConversionError as exc:
-                with self._lock:
-                    self.stats.notes["compressed_decode_errors"] = self.stats.notes.get("compressed_decode_errors",
-                                                                                        0) + 1
-                raise ValueError(f"bad compressed image: {exc}") from exc
-        else:
-            try:
-                pixels = image_to_array(msg)
-            except ImageConversionError as exc:
-                raise ValueError(f"bad image: {exc}") from exc
-        b = self.binning
-        if pixels.shape != (det.height * b, det.width * b):
-            binned = f" (binned by {b} to {det.height}x{det.width})" if b > 1 else ""
-            raise ValueError(f"wrong image size {pixels.shape[0]}x{pixels.shape[1]}, expected "
-                             f"{det.height * b}x{det.width * b}{binned}")
-        pixels = bin_frame(pixels, b)
-        i0, log = self._p("image.i0"), self._p("image.log_transform")
-        try:
-            fixed = prepare_fixed(pixels, log_transform=log, i0=i0 if i0 > 0 else None, invert=self._p("image.invert"))
-        except FixedImageError as exc:
-            raise ValueError(f"bad image: {exc}") from exc
-        dark = self._p("image.mask_dark_fraction")
-        # Unexposed pixels (collimator) carry no line integral.
-        mask = pixels > dark * (i0 if i0 > 0 else float(pixels.max())) if log and dark > 0 else None
-        return pixels, fixed, mask
 
     def _lost_track_gate(self) -> LostTrackGate:
         return LostTrackGate(self._p("registration.max_similarity_drop"),
@@ -1157,7 +1039,7 @@ class RegistrationGlue:
     def _on_diagnostics_timer(self) -> None:
         """Every ``diagnostics_period_s``: the image QoS follows its publishers, then all statuses go out."""
         try:
-            self._check_image_qos()
+            self.images.follow_publishers()
         except Exception as exc:  # a graph query failing must not stop the diagnostics
             self.get_logger().warning(f"image QoS check failed: {type(exc).__name__}: {exc}",
                                       throttle_duration_sec=30.0)
