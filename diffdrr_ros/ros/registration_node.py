@@ -71,6 +71,7 @@ from ..core.registration import (
     WindowView,
     calibrate_physics,
     disagreeing_views,
+    own_view_shift_mm,
     pose_covariance,
 )
 from .conversions import (
@@ -742,16 +743,24 @@ class RegistrationGlue:
                                       "the wide search")
         moved = disagreeing_views(kept, result.pose, frame.joints, self.registrar.targets,
                                   self._p("multiview.max_view_shift_mm"))
-        if not moved:
+        why = (f"{len(moved)} of {len(kept)} earlier view(s) disagree with this frame (the joint pose moves the "
+               f"targets in their image planes by {', '.join(f'{shift:.1f} mm' for _, shift in moved)})")
+        alone_start = start.init_pose
+        limit = self._p("multiview.max_new_view_shift_mm")
+        if kept and not moved and limit > 0:  # the other side: does this frame alone agree with the joint pose?
+            shift, alone_start = own_view_shift_mm(self.registrar, frame.fixed, result.pose, frame.mask, planes,
+                                                   max_iterations=2)
+            if shift <= limit:
+                return result, kept
+            why = (f"this frame alone moves the targets {shift:.2f} mm in its image plane from the joint pose with "
+                   f"{len(kept)} earlier view(s) (limit {limit:.2f} mm)")
+        elif not moved:
             return result, kept
-        shifts = ", ".join(f"{shift:.1f} mm" for _, shift in moved)
-        self._warn(f"angle history reset: {len(moved)} of {len(kept)} earlier view(s) disagree with this frame "
-                   f"(the joint pose moves the targets in their image planes by {shifts}; the patient moved?); "
-                   f"registering this frame alone")
+        self._warn(f"angle history reset: {why}; the patient moved? registering this frame alone")
         with self._lock:
             self.window.clear()
             self.stats.window_resets += 1
-        return self._register(frame, start.init_pose, config, [], planes), []
+        return self._register(frame, alone_start, config, [], planes), []
 
     def _frame_info(self, frame: Frame, start: FrameStart, result: RegistrationResult, kept: list[WindowView],
                     planes: list[View], latency: float) -> dict[str, str]:

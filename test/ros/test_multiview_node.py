@@ -15,7 +15,7 @@ import torch
 from test_registration_node import NODE_PARAMS, Scene, send
 
 from diffdrr_ros.core.geometry import CArmJoints
-from diffdrr_ros.core.geometry.rotations import make_transform
+from diffdrr_ros.core.geometry.rotations import axis_angle_to_matrix, make_transform
 from diffdrr_ros.ros.conversions import array_to_image, image_to_pixels
 from diffdrr_ros.ros.harness import running_node
 from diffdrr_ros.ros.registration_node import HELD_BACK, PUBLISHED
@@ -82,3 +82,21 @@ def test_a_patient_who_moved_resets_the_angle_history(system):
     tf = client.tf_for(111)
     assert tf is not None, node.log()
     assert scene.mtre(tf, _at(35.0)) < 2.0
+
+
+def test_a_small_jump_that_the_earlier_views_absorb_still_resets_the_window(system):
+    """A 3 mm / 1.5 deg jump: the joint pose with two earlier views is a compromise that each earlier view
+    tolerates (< multiview.max_view_shift_mm) but that the new frame alone does not: the window is reset and
+    no wrong pose goes on /tf."""
+    client, scene, node = system
+    _send_and_wait(client, scene, node, _at(-20.0), 120)  # two views of a still patient (after the last test's)
+    _send_and_wait(client, scene, node, _at(5.0), 121)
+    assert client.tf_for(121) is not None, node.log()
+    jump = make_transform(axis_angle_to_matrix(torch.tensor([0.0, 0.0, math.radians(1.5)], dtype=torch.float64)),
+                          torch.tensor([2.1, -2.1, 0.0], dtype=torch.float64))
+    scene.table_from_ct = jump @ scene.table_from_ct
+    n = _send_and_wait(client, scene, node, _at(30.0), 122)
+    reset = client.diag_saying("alone moves the targets", n)
+    tf = client.tf_for(122)
+    assert tf is None or scene.mtre(tf, _at(30.0)) < 2.0, (scene.mtre(tf, _at(30.0)), node.log())
+    assert reset is not None or "this frame alone moves the targets" in node.log(), node.log()

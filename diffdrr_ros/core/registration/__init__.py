@@ -23,6 +23,7 @@ from .calibration import (
     register_with_calibration,
 )
 from .config import COMPARE_DOMAINS, RegistrationConfig, similarity_fn
+from .consistency import own_view_shift_mm
 from .fixed_image import FixedImageError, centroid_mm, downsample_image, prepare_fixed
 from .optimizers import DEFAULT_STEP_SIZES, OPTIMIZERS, make_optimizer
 from .parameterization import PARAMETERIZATIONS, initial_params, params_to_pose
@@ -75,6 +76,7 @@ __all__ = [
     "downsample_image",
     "initial_params",
     "make_optimizer",
+    "own_view_shift_mm",
     "params_to_pose",
     "perturb_pose",
     "physics_sensitivity",
