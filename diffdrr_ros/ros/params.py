@@ -176,6 +176,8 @@ PARAMS: list[Param] = [
           "jointly", True),
     Param("biplane.max_pair_dt_s", 0.05, "largest |stamp A - stamp B| of a pair, s; an unpaired frame A is "
           "registered alone (diagnostic biplane_unpaired)", False, (0.0, 10.0)),
+    Param("biplane.wait_s", 0.1, "how long a plane A frame waits for its plane B partner (s, wall clock) before "
+          "it is registered alone: the planes' drivers publish independently", False, (0.0, 5.0)),
     Param("biplane.cam_b_from_cam_a", [0.0, 0.0, 0.0, 0.0, 1.5707963267948966, 0.0], "plane B's camera seen from "
           "plane A's (both at the isocentre): x y z (m) roll pitch yaw (rad); default: B turned 90 deg about A's "
           "detector rows (a lateral plane to an AP one)", True),

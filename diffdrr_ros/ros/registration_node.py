@@ -860,10 +860,16 @@ class RegistrationGlue:
         if not self._p("biplane.enabled"):
             return []
         max_dt = self._p("biplane.max_pair_dt_s")
-        with self._lock:
-            waiting = list(self._frames_b)
-        best = min(waiting, key=lambda m: abs(stamp_to_seconds(m.header.stamp) - frame.stamp), default=None)
-        if best is None or abs(stamp_to_seconds(best.header.stamp) - frame.stamp) > max_dt:
+        deadline = time.monotonic() + self._p("biplane.wait_s")
+        while True:  # plane B's frame may still be on its way (the two planes' drivers publish independently)
+            with self._lock:
+                waiting = list(self._frames_b)
+            best = min(waiting, key=lambda m: abs(stamp_to_seconds(m.header.stamp) - frame.stamp), default=None)
+            paired = best is not None and abs(stamp_to_seconds(best.header.stamp) - frame.stamp) <= max_dt
+            if paired or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
+        if not paired:
             self._note("biplane_unpaired", f"no plane B frame within {max_dt:.3f} s of {frame.stamp:.3f} s: "
                                            "registering plane A alone")
             return []

@@ -4,6 +4,7 @@ missing plane-B frames leave the node working single-plane, with a diagnostic.""
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -86,3 +87,20 @@ def test_unpaired_and_bad_plane_b_frames_fall_back_to_one_plane(system):
     assert _answered(client, 120, n), node.log()
     assert "plane B frame ignored" in node.log() and node.alive()
     assert client.pose_for(120) is not None  # plane A still registered (single plane here: not on /tf)
+
+
+def test_a_plane_b_frame_arriving_just_after_plane_a_still_pairs(system):
+    """The planes' drivers publish independently: B 30 ms after A is within biplane.wait_s (0.1 s)."""
+    client, pub_b, scene, node = system
+    j = CArmJoints(lao_rad=math.radians(-3), cranial_rad=math.radians(5))
+    n_log = len(node.log())
+    n = len(client.diags)
+    send(client, array_to_image(scene.frame(j, seed=130), "mono16"), j, 130)
+    time.sleep(0.03)
+    pub_b.publish(_frame_b(scene, j, 130))
+    assert _answered(client, 130, n), node.log()
+    client.spin_for(0.5)
+    assert "no plane B frame" not in node.log()[n_log:], node.log()
+    tf = client.tf_for(130)
+    assert tf is not None, node.log()  # a pair: the depth is known
+    assert scene.mtre(tf, j) < 2.0
