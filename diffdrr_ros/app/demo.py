@@ -60,6 +60,7 @@ def run_demo(out_dir: Path, n_frames: int = 16, period_s: float = 1.0, phantom: 
         image_to_array,
         image_to_pixels,
         joints_from_message,
+        pose_to_matrix,
         transform_to_matrix,
         xyz_rpy_to_matrix,
     )
@@ -166,6 +167,12 @@ def run_demo(out_dir: Path, n_frames: int = 16, period_s: float = 1.0, phantom: 
         info = per_frame.get(round(s["stamp"], 3))
         if info is not None:
             row["views"], row["biplane_pair"] = int(info["views"]), info["biplane_pair"] == "True"
+        held = client.pose_for(s["stamp"]) if hit is None else None
+        if held is not None:  # held back: how far off the pose whose depth the node did not trust was
+            est = pose_to_matrix(held.pose.pose)
+            row["held_back_mtre_mm"] = float(mean_target_registration_error(est, s["truth"], targets))
+            row["held_back_depth_mm"] = float(inplane_depth_error(s["cam_from_iso"] @ est, s["truth_cam"],
+                                                                  targets).depth_mm)
         if hit is not None:
             t_rx, tr = hit
             est = transform_to_matrix(tr.transform)
@@ -187,6 +194,8 @@ def run_demo(out_dir: Path, n_frames: int = 16, period_s: float = 1.0, phantom: 
         "bad_frames_with_tf": sum(r["tf"] for r in bad),
         "frames_registered": len(registered),
         "frames_held_back_depth_unresolved": len(held_back),
+        "held_back_mtre_median_mm": percentile([r["held_back_mtre_mm"] for r in held_back], 50),
+        "held_back_mtre_max_mm": max((r["held_back_mtre_mm"] for r in held_back), default=None),
         "inplane_median_mm": percentile([r["inplane_mm"] for r in registered], 50),
         "depth_median_mm": percentile([r["depth_mm"] for r in registered], 50),
         "frames_replaced_while_busy": int(diag.get("frames_replaced_while_busy", 0)),
@@ -215,6 +224,9 @@ def run_demo(out_dir: Path, n_frames: int = 16, period_s: float = 1.0, phantom: 
     if sim_b is not None:
         print(f"good frames registered as a biplane pair: {summary['frames_registered_as_biplane_pair']}; "
               f"unpaired (plane A alone): {summary['biplane_unpaired']}")
+    if held_back:
+        print(f"held-back poses (on ~/ct_pose only): mTRE median {summary['held_back_mtre_median_mm']:.2f} mm, "
+              f"max {summary['held_back_mtre_max_mm']:.2f} mm")
     print(f"bad frames rejected without a TF: {len(bad) - summary['bad_frames_with_tf']}/{len(bad)}")
     if mtre:
         print(f"mTRE median {summary['mtre_median_mm']:.2f} mm, max {summary['mtre_max_mm']:.2f} mm; "
