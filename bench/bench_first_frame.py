@@ -1,6 +1,8 @@
 """The first frame (wide search, then the pyramid): Adam throughout, an LM polish of the finest level, more candidates.
 
-Side by side on the same frames (a benchmark, not a test): ``--n`` set-ups of the head phantom
+Side by side on the same frames (a benchmark, not a test; the variants interleaved frame by frame, so that
+a changing load hits them alike; ``cpu_s``, the process's CPU time, is the less load-dependent cost): ``--n``
+set-ups of the head phantom
 (rotation +-0.1 rad about each C-arm angle, translation +-15 mm, from the start the joints
 give), each simulated with physics the DRR leaves out (scatter, beam hardening, heel effect,
 blur, noise; ``XRayStyle.mismatched``), registered with the node's first-frame settings
@@ -8,6 +10,8 @@ blur, noise; ``XRayStyle.mismatched``), registered with the node's first-frame s
 time, mTRE, in-plane and along-beam error per run (single view: the depth is the uncertain part).
 
     .venv/bin/python bench/bench_first_frame.py --n 6 --out bench/out/first_frame.json
+    .venv/bin/python bench/bench_first_frame.py --n 24 --variants "adam + lm polish, 4 candidates" \
+        "smoothed lm polish, 4 candidates"   # issue 12: before / after
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import numba
@@ -35,8 +40,16 @@ from diffdrr_ros.core.sim import XRayStyle  # noqa: E402
 from diffdrr_ros.core.sim.xray import collimator_mask, simulate_xray  # noqa: E402
 from diffdrr_ros.core.volume.phantoms import make_phantom  # noqa: E402
 
-#: name -> (optimiser of the finest level, candidates carried from the search into the pyramid)
-VARIANTS = {"adam": (None, 2), "adam + lm polish": ("lm", 2), "adam + lm polish, 4 candidates": ("lm", 4)}
+#: The pipeline before issue 12's first-frame work: all coarse iterations, the LM polish unsmoothed.
+BEFORE = {"polish_smoothing_px": (), "polish_coarse_iterations": None}
+#: name -> RegistrationConfig fields (beside the node's first-frame settings)
+VARIANTS = {
+    "adam": {"polish_optimizer": None, "init_keep": 2},
+    "adam + lm polish": {"polish_optimizer": "lm", "init_keep": 2, **BEFORE},
+    "adam + lm polish, 4 candidates": {"polish_optimizer": "lm", "init_keep": 4, **BEFORE},
+    # today's defaults: x2 capped at polish_coarse_iterations (50), the polish first on images smoothed by 2 px
+    "smoothed lm polish, 4 candidates": {"polish_optimizer": "lm", "init_keep": 4},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,39 +69,49 @@ def main(argv: list[str] | None = None) -> int:
     cases = [([0.1 + rng.uniform(-0.1, 0.1), 0.3 + rng.uniform(-0.1, 0.1), rng.uniform(-0.1, 0.1)],
               [rng.uniform(-15, 15), rng.uniform(-15, 15), rng.uniform(-15, 15)]) for _ in range(args.n)]
     rows = []
-    for name, (polish, keep) in VARIANTS.items():
-        if args.variants and name not in args.variants:
-            continue
+    names = [n for n in VARIANTS if not args.variants or n in args.variants]
+    regs = {}
+    for name in names:
         cfg = RegistrationConfig(similarity="gncc", compare="intensity", pyramid=(2, 1), lr_rotation=0.02,
-                                 lr_translation=2.0, drr_blur_sigma_px=style.blur_sigma_px, polish_optimizer=polish,
-                                 init_keep=keep)
-        reg = Registrar(vol, det, cfg, device="cpu")
-        init = reg.pose_from_carm([0.1, 0.3, 0.0], [0.0, 0.0, 0.0])
-        for k, (angles, trans) in enumerate(tqdm(cases, desc=name, unit="frame")):
-            truth = reg.pose_from_carm(angles, trans)
-            fixed = prepare_fixed(simulate_xray(reg.render(truth[None])[0], style, torch.Generator().manual_seed(k)),
-                                  log_transform=True, i0=style.i0)
+                                 lr_translation=2.0, drr_blur_sigma_px=style.blur_sigma_px, **VARIANTS[name])
+        regs[name] = Registrar(vol, det, cfg, device="cpu")
+    ref = regs[names[0]]
+    init = ref.pose_from_carm([0.1, 0.3, 0.0], [0.0, 0.0, 0.0])
+    loads = []
+    for k, (angles, trans) in enumerate(tqdm(cases, unit="frame")):
+        truth = ref.pose_from_carm(angles, trans)
+        fixed = prepare_fixed(simulate_xray(ref.render(truth[None])[0], style, torch.Generator().manual_seed(k)),
+                              log_transform=True, i0=style.i0)
+        for name in names:  # interleaved: the same load for every variant
+            reg = regs[name]
+            c0 = time.process_time()
             r = reg.register(fixed, init, mask=mask, truth=truth)
+            cpu = time.process_time() - c0
             e = inplane_depth_error(r.pose, truth, reg.targets)
-            rows.append({"variant": name, "case": k, "time_s": r.wall_time_s, "mtre_mm": r.mtre_mm,
+            rows.append({"variant": name, "case": k, "time_s": r.wall_time_s, "cpu_s": cpu, "mtre_mm": r.mtre_mm,
                          "inplane_mm": float(e.inplane_mm), "depth_mm": float(e.depth_mm), "zncc": r.zncc,
                          "verdict": r.verdict, "stages": r.stages, "runner_up_mm": r.runner_up_mm,
                          "runner_up_gap": r.runner_up_gap})
-    print(f"head phantom, 128 px, {args.n} set-ups, {args.threads} threads, load {os.getloadavg()[0]:.2f}")
-    print("| variant | time median (range) | mTRE median | < 2 mm | in plane median | along the beam median |")
-    print("|---|---|---|---|---|---|")
-    for name in VARIANTS:
+        loads.append(os.getloadavg()[0])
+    print(f"head phantom, 128 px, {args.n} set-ups, {args.threads} threads, load {min(loads):.2f}-{max(loads):.2f}")
+    print("| variant | time p50 / p95 (range) | CPU time p50 / p95 | mTRE median (max) | < 2 mm | in plane median "
+          "| along the beam median |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
         r = [x for x in rows if x["variant"] == name]
-        if not r:
-            continue
         t = [x["time_s"] for x in r]
 
         def med(key, r=r):
             return statistics.median(x[key] for x in r)
 
+        def p95(key, r=r):
+            return float(np.percentile([x[key] for x in r], 95))
+
         ok = sum(x["mtre_mm"] < 2 for x in r)
-        print(f"| {name} | {med('time_s'):.2f} s ({min(t):.2f}-{max(t):.2f}) | {med('mtre_mm'):.2f} mm | "
-              f"{ok}/{len(r)} | {med('inplane_mm'):.2f} mm | {med('depth_mm'):.2f} mm |")
+        worst = max(x["mtre_mm"] for x in r)
+        print(f"| {name} | {med('time_s'):.2f} / {p95('time_s'):.2f} s ({min(t):.2f}-{max(t):.2f}) | "
+              f"{med('cpu_s'):.2f} / {p95('cpu_s'):.2f} s | {med('mtre_mm'):.2f} mm ({worst:.2f}) "
+              f"| {ok}/{len(r)} | {med('inplane_mm'):.2f} mm | {med('depth_mm'):.2f} mm |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
     print(f"wrote {args.out}")

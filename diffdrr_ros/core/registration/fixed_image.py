@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from ..drr.render import gaussian_blur
 from ..geometry.detector import Detector, pixel_axes_mm
 
 
@@ -63,6 +64,41 @@ def downsample_image(img: Float[Tensor, "*K H W"], det: Detector) -> Float[Tenso
         return img
     flat = img.reshape(-1, 1, *img.shape[-2:])
     return F.interpolate(flat, size=det.shape, mode="area").reshape(*img.shape[:-2], *det.shape)
+
+
+def smooth_image(
+    img: Float[Tensor, "*K H W"], sigma_px: float, mask: Tensor | None = None
+) -> Float[Tensor, "*K H W"]:
+    """Line-integral images blurred as the DRR's PSF blurs (a Gaussian of ``sigma_px`` on ``exp(-L)``, back to ``L``).
+
+    A fixed image smoothed by ``s`` matches a DRR rendered with ``blur_sigma_px = sqrt(b**2 + s**2)`` (``b``:
+    the DRR's own blur): the same pixel grid on both sides, so no sampling mismatch (unlike a coarser level).
+    With a ``mask`` (same shape, bool), only the masked pixels are averaged (normalised convolution): the
+    collimator's or dark pixels do not bleed into the pixels next to them.
+    """
+    if sigma_px <= 0:
+        return img
+    flat = torch.exp(-img.reshape(-1, *img.shape[-2:]))
+    if mask is None:
+        out = gaussian_blur(flat, float(sigma_px))
+    else:
+        w = mask.reshape(flat.shape).to(flat)
+        out = gaussian_blur(flat * w, float(sigma_px)) / gaussian_blur(w, float(sigma_px)).clamp_min(1e-12)
+        out = torch.where(w > 0, out, flat)
+    return -torch.log(out.clamp_min(1e-30)).reshape(img.shape)
+
+
+def erode_mask(mask: Tensor | None, radius_px: int, keep_fraction: float = 0.0) -> Tensor | None:
+    """``(*K, H, W)`` bool mask eroded by a square of ``2 radius + 1`` px (the image border is not an edge).
+
+    Returns ``mask`` itself where the erosion would keep less than ``keep_fraction`` of its pixels (a mask
+    with many holes, e.g. of dark pixels, would vanish).
+    """
+    if mask is None or radius_px <= 0:
+        return mask
+    m = mask.to(torch.float64).reshape(-1, 1, *mask.shape[-2:])
+    out = (-F.max_pool2d(-m, 2 * radius_px + 1, 1, radius_px)).reshape(mask.shape) > 0.5
+    return out if float(out.sum()) >= keep_fraction * float(mask.sum()) else mask
 
 
 def centroid_mm(img: Tensor, det: Detector, mask: Tensor | None) -> Tensor:

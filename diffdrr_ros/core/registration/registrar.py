@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from ..metrics import mean_target_registration_error, target_points, zncc
 from ..physics.poly_model import PolyModel
 from ..volume import MaterialVolume, Volume
 from .config import RegistrationConfig, similarity_fn
-from .fixed_image import FixedImageError, downsample_image, prepare_fixed
+from .fixed_image import FixedImageError, downsample_image, erode_mask, prepare_fixed, smooth_image
 from .gauss_newton import lm_refine
 from .optimizers import DEFAULT_STEP_SIZES, make_optimizer
 from .parameterization import initial_params, params_to_pose
@@ -220,11 +220,15 @@ class Registrar:
         max_iterations: int | None = None,
         lr_scale: float = 1.0,
         optimizer: str | None = None,
+        smoothing: Sequence[float] = (),
     ) -> tuple[Tensor, Tensor, int, str]:
-        """Descend at one level for a batch of poses; return best poses, their losses, iters, reason."""
+        """Descend at one level for a batch of poses; return best poses, their losses, iters, reason.
+
+        ``smoothing``: Levenberg-Marquardt only, extra blur sigmas (px) of passes before the unsmoothed one.
+        """
         cfg = self.config
         if (optimizer or cfg.optimizer) == "lm" and (self.device.type == "cpu" or cuda_kernels.ready(self.device)):
-            return self._lm_level(lvl, frames, pose, history, callback)
+            return self._lm_level(lvl, frames, pose, history, callback, smoothing)
         if (optimizer or cfg.optimizer) == "lm":  # the analytic Jacobian needs the numba (CPU) or numba-cuda kernels
             optimizer = "adam"
         optimizer = optimizer or cfg.optimizer
@@ -270,14 +274,34 @@ class Registrar:
         return best_pose, best_loss, it, reason
 
     def _lm_level(self, lvl: _Level, frames: list[ViewStack], pose: Tensor, history: list[float],
-                  callback: Callable[[int, Tensor, Tensor], None] | None) -> tuple[Tensor, Tensor, int, str]:
-        """Levenberg-Marquardt on each candidate (:func:`.gauss_newton.lm_refine`); same returns as Adam's."""
+                  callback: Callable[[int, Tensor, Tensor], None] | None,
+                  smoothing: Sequence[float] = ()) -> tuple[Tensor, Tensor, int, str]:
+        """Levenberg-Marquardt on each candidate (:func:`.gauss_newton.lm_refine`); same returns as Adam's.
+
+        Each ``smoothing`` sigma (px, coarse to fine) first runs a pass on both images smoothed alike (the fixed
+        by :func:`.smooth_image` within its mask, the mask eroded by a sigma where that keeps half of it; the
+        DRR's blur widened in quadrature): a wider basin on the same pixel grid; then the unsmoothed pass, whose
+        result and loss count.
+        """
         cfg = self.config
+        base = self.settings(lvl.factor)
+        passes = []
+        for s in (float(v) for v in smoothing if float(v) > 0):
+            smoothed = [ViewStack(smooth_image(g.fixed, s, g.mask), erode_mask(g.mask, math.ceil(s), keep_fraction=0.5),
+                                  g.cam_from_ref, g.detector, g.indices) for g in frames]
+            passes.append((smoothed, replace(base, blur_sigma_px=math.hypot(base.blur_sigma_px, s))))
         poses, losses, its, reasons = [], [], 0, []
         for b in range(pose.shape[0]):
-            p, loss, it, reason = lm_refine(lvl.volume, frames, lvl.detector, pose[b], self.center,
-                                            self.settings(lvl.factor), cfg.similarity, cfg.compare,
+            start, it_s = pose[b], 0
+            for fr_s, set_s in passes:
+                start, _, it_p, _ = lm_refine(lvl.volume, fr_s, lvl.detector, start, self.center, set_s,
+                                              cfg.similarity, cfg.compare, max_iterations=cfg.lm_max_iterations,
+                                              history=history, callback=callback)
+                start, it_s = start.to(pose), it_s + it_p
+            p, loss, it, reason = lm_refine(lvl.volume, frames, lvl.detector, start, self.center,
+                                            base, cfg.similarity, cfg.compare,
                                             max_iterations=cfg.lm_max_iterations, history=history, callback=callback)
+            it += it_s
             if reason == "max_iterations":  # still far: fall back to Adam from where it got to
                 p_a, l_a, it_a, reason = self._optimise_level(lvl, frames, p.to(pose)[None], history, callback,
                                                               optimizer="adam")
@@ -446,6 +470,7 @@ class Registrar:
             pose, losses, its, reason = self._optimise_level(
                 lvl, self._frames_at(full, lvl), pose, history, callback, max_iterations=cfg.iterations_at(i),
                 lr_scale=cfg.level_lr_decay**i, optimizer=cfg.polish_optimizer if finest else None,
+                smoothing=cfg.polish_smoothing_px if finest and cfg.polish_optimizer == "lm" else (),
             )
             order = losses.argsort()
             pose, losses = pose[order], losses[order]
