@@ -138,11 +138,11 @@ PARAMS: list[Param] = [
           "joint pose moves the CT's targets by more than this in an earlier view's image plane (where that view "
           "knows the pose well) from where it registered them", False, (0.0, 1000.0)),
     Param("multiview.max_new_view_shift_mm", 0.8, "... or when the new frame alone (2 Levenberg-Marquardt steps on "
-          "its own view from the joint pose) moves the targets by more than this in its image plane: a jump the "
-          "earlier views absorb into the new frame's depth (head phantom: after a 3 mm jump the joint pose was "
-          "2.6 mm off, the new frame alone moved it 1.0 mm, 0.02 mm without the jump; the error is about 2.6x "
-          "this shift); a drifting patient moves it too (0.6-0.8 mm at 0.2 mm/s in make demo --planes 1); "
-          "0 disables", False, (0.0, 1000.0)),
+          "its own view from the joint pose) moves the targets in its image plane by more than this plus the "
+          "motion the covariance allows the earlier views (multiview.patient_motion_mm + drift x age, at most "
+          "multiview.max_view_motion_mm): a jump the earlier views absorb into the new frame's depth (head "
+          "phantom: a 3 mm jump left the joint pose 2.6 mm off, the new frame alone moved it 1.0 mm, 0.02 mm "
+          "without the jump); 0 disables", False, (0.0, 1000.0)),
     Param("registration.min_similarity", 0.9, "quality gate: final ZNCC below this is not published", False,
           (-1.0, 1.0)),
     # The DRR's physics (core/drr/poly.py, core/physics): mono, or polychromatic two-material

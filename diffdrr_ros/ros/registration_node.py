@@ -748,6 +748,8 @@ class RegistrationGlue:
         alone_start = start.init_pose
         limit = self._p("multiview.max_new_view_shift_mm")
         if kept and not moved and limit > 0:  # the other side: does this frame alone agree with the joint pose?
+            # Beyond the motion the covariance already allows the earlier views (drift x age): that is a jump.
+            limit += max(self._view_motion(frame, kept))
             shift, alone_start = own_view_shift_mm(self.registrar, frame.fixed, result.pose, frame.mask, planes,
                                                    max_iterations=2)
             if shift <= limit:
@@ -805,8 +807,12 @@ class RegistrationGlue:
             if unknown:
                 self.stats.message += f" [published although {unknown}]"
             self.stats.last = info
-        self.get_logger().info(f"{start.mode} registration ({n} view(s)): ZNCC {result.zncc:.4f}, "
-                               f"{result.iterations} it, {latency * 1000:.0f} ms frame-to-TF")
+        line = (f"{start.mode} registration ({n} view(s)): ZNCC {result.zncc:.4f}, {result.iterations} it, "
+                f"{latency * 1000:.0f} ms frame-to-TF")
+        if unknown:  # on TF by gate.allow_unresolved_depth: say so where people look
+            self.get_logger().warning(f"{line}; on /tf although {unknown} (gate.allow_unresolved_depth)")
+        else:
+            self.get_logger().info(line)
 
     def _window_views(self, frame: Frame) -> list[WindowView]:
         """The angle history's views for ``frame`` (under the lock), after the parameters of the window."""

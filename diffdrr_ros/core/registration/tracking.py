@@ -38,6 +38,8 @@ from .views import View, view_from_joints
 HISTORY = 7
 #: Accepted frames needed before the lost-track gate applies.
 MIN_HISTORY = 3
+#: A pose's depth is "unresolved" (add a view) when its sigma along the beam is this many times the in-plane ones.
+DEPTH_DOMINATES = 1.5
 
 
 @dataclass(frozen=True)
@@ -261,7 +263,7 @@ class KnownPoseGate:
         limit = self.max_target_sigma_mm
         if max(sx, sy, sz) <= limit:
             return True, ""
-        if sz > limit and sz >= max(sx, sy):
+        if sz > limit and sz >= DEPTH_DOMINATES * max(sx, sy):  # (a biplane pair's sigmas are alike: not depth)
             return False, (f"depth unresolved: predicted {sz:.2f} mm (1 sigma) along the beam from {views} view(s), "
                            f"limit {limit:.2f} mm; {hint}")
         return False, (f"pose not known well enough: predicted 1-sigma target error x {sx:.2f}, y {sy:.2f}, "

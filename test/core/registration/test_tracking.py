@@ -172,6 +172,9 @@ def test_known_pose_gate_per_axis():
     assert not ok and why.startswith("depth unresolved") and "2.30 mm" in why and "20 deg" in why
     ok, why = gate.check(torch.tensor([1.4, 0.3, 0.5]), 3)
     assert not ok and "x 1.40" in why
+    # A biplane pair whose sigmas are alike (depth of one plane is the other's in-plane): not "add a view".
+    ok, why = gate.check(torch.tensor([1.1, 0.4, 1.19]), 2)
+    assert not ok and why.startswith("pose not known well enough") and "z 1.19" in why
     assert gate.check(None, 2)[0] and not gate.check(None, 1)[0]
 
 
