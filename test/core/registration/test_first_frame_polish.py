@@ -73,7 +73,7 @@ def test_smoothed_fixed_image_matches_a_drr_blurred_in_quadrature():
 
 def test_coarse_levels_before_an_lm_polish_are_capped():
     cfg = RegistrationConfig(pyramid=(4, 2, 1), max_iterations=150, polish_optimizer="lm")
-    assert [cfg.iterations_at(i) for i in range(3)] == [50, 50, 150] and cfg.iterations_at(-1) == 150
+    assert [cfg.iterations_at(i) for i in range(3)] == [30, 30, 150] and cfg.iterations_at(-1) == 150
     assert RegistrationConfig(pyramid=(2, 1), max_iterations=150).iterations_at(0) == 150  # Adam throughout
     uncapped = RegistrationConfig(pyramid=(2, 1), polish_optimizer="lm", polish_coarse_iterations=None)
     assert uncapped.iterations_at(0) == 150
