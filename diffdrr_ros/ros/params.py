@@ -91,7 +91,7 @@ PARAMS: list[Param] = [
           (1, 64)),
     Param("registration.first_frame_polish", "lm", "optimiser of the first frame's finest level: lm "
           "(Levenberg-Marquardt polishes what the search and Adam found, first on both images smoothed by 2 px, "
-          "after at most 50 coarse Adam steps: 24/24 first frames < 2 mm, p50 1.0-1.5 s on 2 cores, docs/results.md) "
+          "after at most 30 coarse Adam steps: 24/24 first frames < 2 mm, p50 1.4 s on 2 cores, docs/results.md) "
           "or none (registration.optimizer throughout)", choices=("lm", "none")),
     Param("registration.tracking_step_scale", 0.5, "step sizes of tracking frames relative to the first frame's "
           "(they start close)", False, (1e-3, 1.0)),
@@ -179,6 +179,10 @@ PARAMS: list[Param] = [
           "registered alone (diagnostic biplane_unpaired)", False, (0.0, 10.0)),
     Param("biplane.wait_s", 0.1, "how long a plane A frame waits for its plane B partner (s, wall clock) before "
           "it is registered alone: the planes' drivers publish independently", False, (0.0, 5.0)),
+    Param("biplane.with_history", True, "a biplane pair is registered with the angle history's earlier views too "
+          "(false: the pair alone, whose depth is known: about half the cost, make demo frame-to-TF p50 0.46-0.56 s "
+          "vs 1.1-1.6 s, but fewer poses known well enough: external-physics sweep 7 vs 11 of 16 pairs on TF, "
+          "docs/results.md)", False),
     Param("biplane.cam_b_from_cam_a", [0.0, 0.0, 0.0, 0.0, 1.5707963267948966, 0.0], "plane B's camera seen from "
           "plane A's (both at the isocentre): x y z (m) roll pitch yaw (rad); default: B turned 90 deg about A's "
           "detector rows (a lateral plane to an AP one)", True),

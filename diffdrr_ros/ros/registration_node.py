@@ -648,6 +648,8 @@ class RegistrationGlue:
         config = self._config(tracking=True) if start.mode == "tracking" else self._config(wide=True)
         self._last_stamp = frame.stamp
         planes = self._plane_b(frame)  # the biplane partner as a view, or nothing
+        if planes and not self._p("biplane.with_history"):
+            kept = []  # the pair alone: half the cost, fewer poses known well enough (biplane.with_history)
         t_reg = time.perf_counter()
         result, kept = self._register_jointly(frame, start, config, kept, planes)
         t_done = time.perf_counter()
