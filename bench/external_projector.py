@@ -95,6 +95,7 @@ if str(ROOT) not in sys.path:
 
 from diffdrr_ros.core.geometry import Detector, detector_points  # noqa: E402
 from diffdrr_ros.core.geometry.rotations import apply_transform, invert_transform  # noqa: E402
+from diffdrr_ros.core.sim.xray import collimator_mask  # noqa: E402
 from diffdrr_ros.core.volume import Volume  # noqa: E402
 
 LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
@@ -212,15 +213,6 @@ class ExternalFrame:
     thickness: dict[str, np.ndarray] = field(default_factory=dict)  # A_m, g/cm^2
 
 
-def collimator(height: int, width: int, radius_fraction: float) -> np.ndarray:
-    """Circular collimator, bool ``(H, W)`` (the same disc as ``diffdrr_ros.core.sim.collimator_mask``)."""
-    if radius_fraction <= 0:
-        return np.ones((height, width), dtype=bool)
-    y, x = np.mgrid[:height, :width]
-    r = radius_fraction * min(height, width)
-    return (x - (width - 1) / 2) ** 2 + (y - (height - 1) / 2) ** 2 <= r * r
-
-
 class DiffDRRRays:
     """DiffDRR 0.6.1's ``DRR.render`` (exact Siddon) on this package's rays for one CT grid.
 
@@ -295,7 +287,7 @@ class ExternalProjector:
         self.densities = {m: torch.from_numpy(v.astype(np.float32)) for m, v in partial.items()}
         self.energies, self.photons = self._spectra()  # (E,), (E, H, W) quanta per pixel and bin
         self.mu_rho = np.stack([mass_attenuation(m, self.energies, style.attenuation) for m in MATERIALS])
-        self.mask = collimator(detector.height, detector.width, style.collimator_radius)
+        self.mask = collimator_mask(detector.height, detector.width, style.collimator_radius)  # the same disc
 
     # -- the tube ------------------------------------------------------------------------
     def _spectra(self) -> tuple[np.ndarray, np.ndarray]:

@@ -4,20 +4,10 @@ single-channel kernel, ``C`` channels are ``C`` single-channel walks, compiled a
 import numpy as np
 import pytest
 import torch
+from test_per_ray import _rays  # the same rays: along a voxel plane, inside, missing, random
 
 from diffdrr_ros.core.drr import cpu
 from diffdrr_ros.core.drr import per_ray as rk
-
-
-def _rays(shape, n, seed):
-    g = np.random.default_rng(seed)
-    size = np.array(shape, dtype=float)
-    src = g.uniform(-0.5, 1.5, (n, 3)) * size
-    tgt = g.uniform(-0.5, 1.5, (n, 3)) * size
-    src[0], tgt[0] = [-2.0, 1.0, 1.5], [size[0] + 2.0, 1.0, 1.5]  # along x, on a voxel plane in y
-    src[1], tgt[1] = size * 0.3, size * 0.7  # both ends inside
-    src[2], tgt[2] = [-1.0, -1.0, -1.0], [-2.0, 5.0, 3.0]  # misses
-    return src, tgt
 
 
 def _single(vol, src, tgt, want_jac):
