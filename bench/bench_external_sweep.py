@@ -161,42 +161,17 @@ def frame_times(n: int, rate: float) -> list[float]:
 
 
 def write_bag(bag: Path, sims: list, frames: np.ndarray, args: argparse.Namespace) -> dict[str, int]:
-    """The stream of :func:`simulate_messages` with the external frames in place of the simulator's."""
-    from geometry_msgs.msg import PoseStamped
-    from tf2_msgs.msg import TFMessage
+    """:func:`simulate_messages`'s stream with the external frames (``frames[plane, k]``) as the simulators' pixels."""
+    from dataclasses import replace
 
     from diffdrr_ros.bag import record_messages
-    from diffdrr_ros.ros.carm_simulator import IMAGE_TOPIC, JOINT_TOPIC, TRUTH_TOPIC
-    from diffdrr_ros.ros.conversions import array_to_image, matrix_to_pose, seconds_to_stamp, stamped_transform
+    from diffdrr_ros.ros.carm_simulator import simulate_messages
 
-    sim = sims[0]
-    times = frame_times(args.frames, args.rate)
-    duration = args.frames / args.rate
-    events = [(T0 + k / args.joint_rate, 0, "joints", -1) for k in range(int(duration * args.joint_rate) + 1)]
-    events += [(t, 1, "frame", k) for k, t in enumerate(times)]
-
-    def stream():
-        for t, _, kind, k in sorted(events):
-            ns = round(t * 1e9)
-            if kind == "joints":
-                yield JOINT_TOPIC, "sensor_msgs/msg/JointState", ns, sim.joints(t)
-                continue
-            iso_ct, _ = sim.truth(t)
-            stamp = seconds_to_stamp(t)
-            truth = PoseStamped()
-            truth.header.stamp = stamp
-            truth.header.frame_id = sim.carm_frame
-            truth.pose = matrix_to_pose(iso_ct)
-            yield TRUTH_TOPIC, "geometry_msgs/msg/PoseStamped", ns, truth
-            yield "/tf", "tf2_msgs/msg/TFMessage", ns, TFMessage(
-                transforms=[stamped_transform(iso_ct, sim.carm_frame, "ct_ground_truth", stamp)])
-            if len(sims) == 2:  # plane B's frame of the same instant first: the node pairs when A arrives
-                yield "fluoro_b/image", "sensor_msgs/msg/Image", ns - 100_000, array_to_image(
-                    frames[1, k], "mono16", stamp, sims[1].image_frame)
-            yield IMAGE_TOPIC, "sensor_msgs/msg/Image", ns, array_to_image(frames[0, k], "mono16", stamp,
-                                                                            sim.image_frame)
-
-    return record_messages(bag, stream())
+    index = {round(t, 6): k for k, t in enumerate(frame_times(args.frames, args.rate))}
+    planes = [replace(s, pixels=lambda t, p=p: frames[p, index[round(t, 6)]]) for p, s in enumerate(sims)]
+    stream = simulate_messages(planes[0], args.frames, frame_rate_hz=args.rate, joint_rate_hz=args.joint_rate,
+                               t0=T0, plane_b=planes[1] if len(planes) == 2 else None)
+    return record_messages(bag, stream)
 
 
 # --------------------------------------------------------------------------- what the node said

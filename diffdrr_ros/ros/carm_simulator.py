@@ -20,7 +20,7 @@ bags offline (:func:`simulate_messages`), so tests and the demo can replay ident
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -46,6 +46,7 @@ from .conversions import (
 from .runtime import StartupError, load_ct, run_node
 
 IMAGE_TOPIC = "fluoro/image"
+IMAGE_B_TOPIC = "fluoro_b/image"  # a biplane's plane B (the node's topics.image_b)
 JOINT_TOPIC = "carm/joint_states"
 TRUTH_TOPIC = "carm_sim/ground_truth"
 
@@ -67,6 +68,9 @@ class Simulator:
     # Plane B of a biplane C-arm: ``T_camB_camA`` (4x4, mm), this camera seen from plane A's, which the
     # trajectory's joints move (the node's ``biplane.cam_b_from_cam_a``); None: plane A itself.
     cam_from_cam_a: torch.Tensor | None = None
+    # The frame's pixels at clock time t (s) from elsewhere (another projector, e.g. bench/external_projector.py);
+    # None: this package's DRR through simulate_xray(style).
+    pixels: Callable[[float], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.mu = self.volume.to_attenuation() if self.volume.kind == "hu" else self.volume
@@ -92,9 +96,12 @@ class Simulator:
 
     def frame(self, t: float) -> tuple[Image, PoseStamped, TFMessage]:
         iso_ct, cam_ct = self.truth(t)
-        with torch.no_grad():
-            line = render(self.mu, cam_ct, self.detector)
-        img = simulate_xray(line, self.style, self._noise)
+        if self.pixels is not None:
+            img = self.pixels(t)
+        else:
+            with torch.no_grad():
+                line = render(self.mu, cam_ct, self.detector)
+            img = simulate_xray(line, self.style, self._noise)
         stamp = seconds_to_stamp(t)
         image = array_to_image(img, "mono16", stamp, self.image_frame)
         truth = PoseStamped()
@@ -110,21 +117,31 @@ class Simulator:
 
 
 def simulate_messages(
-    sim: Simulator, n_frames: int, frame_rate_hz: float = 2.0, joint_rate_hz: float = 20.0, t0: float = 1000.0
+    sim: Simulator, n_frames: int, frame_rate_hz: float = 2.0, joint_rate_hz: float = 20.0, t0: float = 1000.0,
+    plane_b: Simulator | None = None, image_b_topic: str = IMAGE_B_TOPIC,
 ) -> Iterator[tuple[str, str, int, object]]:
     """Offline stream ``(topic, msgtype, log_time_ns, message)`` in time order, for bags.
 
-    Clock times start at ``t0`` (s); the trajectory starts there too.
+    Clock times start at ``t0`` (s); the trajectory starts there too. Frames at ``t0 + (k + 0.5) /
+    frame_rate_hz``. ``plane_b`` (e.g. :meth:`Simulator.plane_b`): its frame of the same stamp on
+    ``image_b_topic``, logged 0.1 ms before plane A's (the node pairs when A arrives).
     """
     sim.t_start = t0
+    if plane_b is not None:
+        plane_b.t_start = t0
     duration = n_frames / frame_rate_hz
-    events: list[tuple[float, int, str]] = []
-    events += [(t0 + k / joint_rate_hz, 0, "joints") for k in range(int(duration * joint_rate_hz) + 1)]
-    events += [(t0 + (k + 0.5) / frame_rate_hz, 1, "frame") for k in range(n_frames)]
-    for t, _, kind in sorted(events):
-        ns = round(t * 1e9)
+    frames = [t0 + (k + 0.5) / frame_rate_hz for k in range(n_frames)]
+    events: list[tuple[float, int, str, float]] = []  # (log time, order, kind, clock time)
+    events += [(t, 0, "joints", t) for t in (t0 + k / joint_rate_hz for k in range(int(duration * joint_rate_hz) + 1))]
+    events += [(t, 1, "frame", t) for t in frames]
+    if plane_b is not None:
+        events += [(t - 1e-4, 1, "frame_b", t) for t in frames]
+    for log_t, _, kind, t in sorted(events):
+        ns = round(log_t * 1e9)
         if kind == "joints":
             yield JOINT_TOPIC, "sensor_msgs/msg/JointState", ns, sim.joints(t)
+        elif kind == "frame_b":
+            yield image_b_topic, "sensor_msgs/msg/Image", ns, plane_b.frame(t)[0]
         else:
             image, truth, tf = sim.frame(t)
             yield TRUTH_TOPIC, "geometry_msgs/msg/PoseStamped", ns, truth

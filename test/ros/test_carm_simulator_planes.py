@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ from diffdrr_ros.core.drr import render
 from diffdrr_ros.core.geometry import Detector
 from diffdrr_ros.core.sim import Trajectory, XRayStyle, simulate_xray
 from diffdrr_ros.core.volume.phantoms import make_phantom
-from diffdrr_ros.ros.carm_simulator import Simulator
+from diffdrr_ros.ros.carm_simulator import IMAGE_B_TOPIC, IMAGE_TOPIC, Simulator, simulate_messages
 from diffdrr_ros.ros.conversions import image_to_array, xyz_rpy_to_matrix
 
 DET = Detector(24, 24, spacing_mm=(16.0, 16.0), sdd_mm=1020.0, sid_mm=750.0)
@@ -46,3 +47,21 @@ def test_plane_b_frames_are_rendered_from_its_camera_with_its_own_noise():
     expected = simulate_xray(line_b, b.style, torch.Generator().manual_seed(b.seed))  # b's first frame
     np.testing.assert_array_equal(image_to_array(frame_b), expected.astype(np.uint16))
     assert not np.array_equal(image_to_array(frame_a), image_to_array(frame_b))
+
+
+def test_a_biplane_stream_with_pixels_from_elsewhere():
+    """simulate_messages(plane_b=...): plane B's frame of each stamp just before plane A's; ``pixels`` replaces
+    the simulator's own frames (another projector's), with the simulator's stamps and truth."""
+    sim = _sim()
+    ones = lambda t: np.full(DET.shape, 7, dtype=np.uint16)  # noqa: E731
+    a = replace(sim, pixels=ones)
+    b = replace(sim.plane_b(CAM_B_FROM_A), pixels=lambda t: np.full(DET.shape, 9, dtype=np.uint16))
+    msgs = list(simulate_messages(a, 2, frame_rate_hz=1.0, joint_rate_hz=2.0, plane_b=b))
+    images = [(topic, ns, m) for topic, _, ns, m in msgs if topic in (IMAGE_TOPIC, IMAGE_B_TOPIC)]
+    assert [topic for topic, _, _ in images] == [IMAGE_B_TOPIC, IMAGE_TOPIC] * 2
+    stamps = [ns for _, _, ns, _ in msgs]
+    assert stamps == sorted(stamps)  # in time order
+    for (_, nsb, mb), (_, nsa, ma) in zip(images[::2], images[1::2], strict=True):
+        assert mb.header.stamp == ma.header.stamp and 0 < nsa - nsb <= 1_000_000
+        assert (image_to_array(ma) == 7).all() and (image_to_array(mb) == 9).all()
+        assert mb.header.frame_id == "carm_detector_b_optical"
