@@ -89,6 +89,13 @@ PARAMS: list[Param] = [
     Param("registration.init_keep", 4, "candidates carried from the first frame's search into the pyramid "
           "(halved per level; 4: 24/24 first frames < 2 mm vs 11/12 with 2, +0.7 s, docs/results.md)", False,
           (1, 64)),
+    Param("registration.init_keep_joint", 2, "registration.init_keep when the wide registration has more than one "
+          "view (a biplane pair, the angle history): the other views rank the search's candidates, so fewer are "
+          "carried (2: one reaches the finest level, 0.6 s less on 2 cores; no runner-up for gate.ambiguity_mm)",
+          False, (1, 64)),
+    Param("registration.coarse_views", "all", "views of the wide registration's search and coarse levels: all, or "
+          "reference (this frame alone, the other views join at the finest level: 0.1-0.2 s less, but the other "
+          "views no longer rank the candidates)", choices=("all", "reference")),
     Param("registration.first_frame_polish", "lm", "optimiser of the first frame's finest level: lm "
           "(Levenberg-Marquardt polishes what the search and Adam found, first on both images smoothed by 2 px, "
           "after at most 30 coarse Adam steps: 24/24 first frames < 2 mm, p50 1.4 s on 2 cores, docs/results.md) "

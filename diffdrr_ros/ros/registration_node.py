@@ -439,7 +439,8 @@ class RegistrationGlue:
             min_similarity=get("registration.min_similarity"), drr_blur_sigma_px=get("image.detector_blur_px"),
             init_search=wide and bool(get("registration.init_search_first_frame")),
             polish_optimizer="lm" if not tracking and get("registration.first_frame_polish") == "lm" else None,
-            init_keep=get("registration.init_keep"),
+            init_keep=get("registration.init_keep"), init_keep_joint=get("registration.init_keep_joint"),
+            coarse_views=get("registration.coarse_views"),
             drr_model=get("registration.drr_model"), kvp=get("registration.kvp"),
             filtration_mm_al=get("registration.filtration_mm_al"), energy_bins=get("registration.energy_bins"),
             scatter_to_primary=get("registration.scatter_to_primary"),
@@ -810,7 +811,8 @@ class RegistrationGlue:
                 self.stats.message += f" [published although {unknown}]"
             self.stats.last = info
         line = (f"{start.mode} registration ({n} view(s)): ZNCC {result.zncc:.4f}, {result.iterations} it, "
-                f"{latency * 1000:.0f} ms frame-to-TF")
+                f"{latency * 1000:.0f} ms frame-to-TF (waited {float(info.get('wait_ms', 0)):.0f}, registered "
+                f"{float(info.get('register_ms', 0)):.0f}, covariance {float(info.get('covariance_ms', 0)):.0f})")
         if unknown:  # on TF by gate.allow_unresolved_depth: say so where people look
             self.get_logger().warning(f"{line}; on /tf although {unknown} (gate.allow_unresolved_depth)")
         else:
@@ -926,8 +928,8 @@ class RegistrationGlue:
     def _register(self, frame: Frame, init, config: RegistrationConfig, kept: list[WindowView],
                   planes: list[View]) -> RegistrationResult:
         """One pose from this frame, its biplane partner and the kept views of the angle history (none: one view)."""
-        self.registrar.config = config  # its CT pyramids are built once per pyramid and kept
         views = planes + self.window.as_views(kept, frame.joints)
+        self.registrar.config = config  # its CT pyramids are built once per pyramid and kept
         try:
             return self.registrar.register(frame.fixed, init, mask=frame.mask, views=views)
         except torch.OutOfMemoryError:

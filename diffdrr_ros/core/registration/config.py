@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -73,6 +73,9 @@ class RegistrationConfig:
     init_refine: int = 32
     init_refine_iterations: int = 30
     init_keep: int = 2
+    # init_keep when more than one view is registered (None: init_keep): the other views rank the search's
+    # candidates, so fewer need to go on (the node's biplane first frame: 2, i.e. one reaches the finest level)
+    init_keep_joint: int | None = None
     init_range_deg: float = 45.0
     init_range_mm: float = 60.0  # translation range sampled when init_center is off
     init_center: bool = True
@@ -101,6 +104,10 @@ class RegistrationConfig:
     # smoothed polish takes over from ~4 mm; Adam's last ~100 coarse steps only crawl within the coarse level's bias
     # (bench_first_frame: 30 instead of 50, 24/24 and 16/16 at twice the spread, worst 0.55 mm, p50 -15-20 %).
     polish_coarse_iterations: int | None = 30
+    # Views of the search and the levels above the finest: "all", or "reference" (the registered frame alone;
+    # the other views join at the finest level). A biplane's wide first registration at half the cost: the
+    # reference frame alone finds the pose up to its depth, which the finest level's pair then resolves.
+    coarse_views: str = "all"
     drr_model: str = "mono"  # "mono" or "poly" (see above)
     kvp: float = 80.0  # poly: tube peak voltage, keV
     filtration_mm_al: float = 2.5  # poly: tube filtration, mm aluminium
@@ -130,6 +137,8 @@ class RegistrationConfig:
             raise ValueError(f"level_lr_decay must lie in (0, 1], got {self.level_lr_decay}")
         if self.init_candidates < 1 or self.init_keep < 1 or self.init_refine < 1:
             raise ValueError("init_candidates, init_refine and init_keep must be positive")
+        if self.init_keep_joint is not None and self.init_keep_joint < 1:
+            raise ValueError("init_keep_joint must be positive (or None)")
         if self.init_factor is not None and self.init_factor < 1:
             raise ValueError("init_factor must be a positive integer")
         if self.init_size < 1:
@@ -150,6 +159,8 @@ class RegistrationConfig:
             raise ValueError("polish_coarse_iterations must be positive (or None)")
         if self.lm_max_iterations < 1:
             raise ValueError("lm_max_iterations must be positive")
+        if self.coarse_views not in COARSE_VIEWS:
+            raise ValueError(f"coarse_views must be one of {COARSE_VIEWS}, got {self.coarse_views!r}")
         if self.drr_model not in DRR_MODELS:
             raise ValueError(f"drr_model must be one of {DRR_MODELS}, got {self.drr_model!r}")
         if self.drr_model == "poly":
@@ -178,6 +189,12 @@ class RegistrationConfig:
             n = min(n, int(self.polish_coarse_iterations))
         return n
 
+    def for_views(self, n_views: int) -> RegistrationConfig:
+        """The settings of a registration of ``n_views`` views (``init_keep_joint`` applied when more than one)."""
+        if n_views > 1 and self.init_keep_joint is not None:
+            return replace(self, init_keep=self.init_keep_joint)
+        return self
+
     def keep_at(self, level: int) -> int:
         """How many candidates enter pyramid level ``level`` (default: ``init_keep`` halved per level)."""
         if self.level_keep is not None:
@@ -186,6 +203,7 @@ class RegistrationConfig:
 
 
 COMPARE_DOMAINS = ("line_integral", "intensity")
+COARSE_VIEWS = ("all", "reference")
 
 
 def similarity_fn(cfg: RegistrationConfig) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:

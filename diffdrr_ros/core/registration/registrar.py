@@ -320,12 +320,13 @@ class Registrar:
 
         return render_group
 
-    def _search(self, lvl: _Level, frames: list[ViewStack], pose: Tensor, history: list[float] | None = None) -> Tensor:
+    def _search(self, lvl: _Level, frames: list[ViewStack], pose: Tensor, history: list[float] | None = None,
+                cfg: RegistrationConfig | None = None) -> Tensor:
         """Widen the capture range: score many candidates, descend the best, return ``init_keep``.
 
-        Returns ``(init_keep, 4, 4)`` poses, best (lowest loss at ``lvl``) first.
+        Returns ``(init_keep, 4, 4)`` poses, best (lowest loss at ``lvl``) first (``cfg``: default the config).
         """
-        cfg = self.config
+        cfg = self.config if cfg is None else cfg
         sim = similarity_fn(cfg)
         cand = sobol_candidates(pose, self.center, cfg).to(self.device)
         chunk = 256
@@ -442,10 +443,14 @@ class Registrar:
         search's own iterations are in ``history`` but not called back.
         """
         t0 = time.perf_counter()
-        cfg = self.config
-        self.use_pyramid(cfg.pyramid)  # the config may have been swapped since the last call
+        self.use_pyramid(self.config.pyramid)  # the config may have been swapped since the last call
         full = self._full_frames(fixed, mask, views)
         n_views = sum(g.count for g in full)
+        cfg = self.config.for_views(n_views)
+        # The frames of the search and the coarse levels (see RegistrationConfig.coarse_views).
+        coarse, n_coarse = full, n_views
+        if cfg.coarse_views == "reference" and n_views > 1:
+            coarse, n_coarse = self._full_frames(fixed, mask, ()), 1
 
         pose = init_pose.to(self.device, torch.float64).reshape(1, 4, 4)
         history: list[float] = []
@@ -453,10 +458,10 @@ class Registrar:
         if cfg.init_search:
             slvl = self._search_level()
             ts = time.perf_counter()
-            pose = self._search(slvl, self._frames_at(full, slvl), pose[0], history)
+            pose = self._search(slvl, self._frames_at(coarse, slvl), pose[0], history, cfg)
             px = slvl.detector.height * slvl.detector.width
-            renders = cfg.init_candidates * (2 + n_views if cfg.init_center else n_views)
-            renders += min(cfg.init_refine, cfg.init_candidates) * len(history) * n_views
+            renders = cfg.init_candidates * (2 + n_coarse if cfg.init_center else n_coarse)
+            renders += min(cfg.init_refine, cfg.init_candidates) * len(history) * n_coarse
             stages.append(self._stage("search", slvl, cfg.init_candidates, len(history), "done", ts, pose, truth,
                                       renders * px))
         iterations, reason, losses = len(history), "no levels", torch.zeros(1)
@@ -468,7 +473,8 @@ class Registrar:
             # between them is made at the finest level, where the similarity is most telling.
             finest = i == len(self.levels) - 1
             pose, losses, its, reason = self._optimise_level(
-                lvl, self._frames_at(full, lvl), pose, history, callback, max_iterations=cfg.iterations_at(i),
+                lvl, self._frames_at(full if finest else coarse, lvl), pose, history, callback,
+                max_iterations=cfg.iterations_at(i),
                 lr_scale=cfg.level_lr_decay**i, optimizer=cfg.polish_optimizer if finest else None,
                 smoothing=cfg.polish_smoothing_px if finest and cfg.polish_optimizer == "lm" else (),
             )
@@ -477,7 +483,7 @@ class Registrar:
             iterations += its
             px = lvl.detector.height * lvl.detector.width
             stages.append(self._stage(f"level x{lvl.factor}", lvl, pose.shape[0], its, reason, ts, pose, truth,
-                                      pose.shape[0] * its * px * n_views))
+                                      pose.shape[0] * its * px * (n_views if finest else n_coarse)))
             if reason.startswith("diverged"):
                 break
         final = pose[losses.argmin()]

@@ -146,3 +146,33 @@ def test_a_view_on_another_detector_biplane():
     assert float(two[2]) < 0.5 * float(one[2])  # the lateral panel sees the AP panel's depth in plane
     with pytest.raises(ValueError, match="detector expects"):
         reg.register(fixed_a, init, views=[View(fixed_a, cam_b, None, panel_b)])  # wrong size for panel B
+
+
+def test_a_wide_pair_carries_fewer_candidates_and_may_search_on_the_reference_alone():
+    """init_keep_joint: the pair ranks the search's candidates, fewer go on; coarse_views="reference": the search
+    and the coarse level see the reference frame only (a third of the rays), the pair joins at the finest level."""
+    panel_b = Detector(24, 28, spacing_mm=(14.0, 12.0), sdd_mm=1100.0, sid_mm=700.0)
+    cfg = dict(pyramid=(2, 1), max_iterations=40, patience=10, init_candidates=32, init_refine=4,
+               init_refine_iterations=5, init_keep=4, init_keep_joint=2)
+    vol = make_phantom("head_tiny")
+    a, b = CArmJoints(0.0, 0.1), CArmJoints(math.radians(90), 0.1)
+    cam_b = camera_motion(a, b)
+    results = {}
+    for coarse in ("all", "reference"):
+        reg = Registrar(vol, DET, RegistrationConfig(**cfg, coarse_views=coarse), device="cpu")
+        truth = reg.pose_from_carm([0.1, 0.0, 0.0], [3.0, -2.0, 4.0])
+        fixed_a, fixed_b = reg.render(truth[None])[0], render(reg.volume, cam_b @ truth, panel_b)
+        init = reg.pose_from_carm([0.2, -0.1, 0.1], [0.0, 0.0, 0.0])
+        results[coarse] = reg.register(fixed_a, init, truth=truth, views=[View(fixed_b, cam_b, None, panel_b)])
+        alone = reg.register(fixed_a, init, truth=truth)
+        assert [s["batch"] for s in alone.stages[1:]] == [4, 2]  # one view: init_keep, halved per level
+        assert [s["batch"] for s in results[coarse].stages[1:]] == [2, 1]  # a pair: init_keep_joint
+    for coarse, res in results.items():
+        assert res.mtre_mm < 1.0 and len(res.view_zncc) == 2 and min(res.view_zncc) > 0.99, coarse
+    rays = {c: [s["rays"] / max(1, s["iterations"]) for s in r.stages] for c, r in results.items()}
+    assert rays["reference"][1] == pytest.approx(rays["all"][1] / 2)  # x2: the reference frame alone
+    assert rays["reference"][2] == pytest.approx(rays["all"][2])  # the finest level: both views
+    with pytest.raises(ValueError, match="coarse_views"):
+        RegistrationConfig(coarse_views="plane_b")
+    with pytest.raises(ValueError, match="init_keep_joint"):
+        RegistrationConfig(init_keep_joint=0)
