@@ -12,12 +12,15 @@ time, mTRE, in-plane and along-beam error per run (single view: the depth is the
     .venv/bin/python bench/bench_first_frame.py --n 6 --out bench/out/first_frame.json
     .venv/bin/python bench/bench_first_frame.py --n 24 --variants "adam + lm polish, 4 candidates" \
         "smoothed lm polish, 4 candidates"   # issue 12: before / after
+    .venv/bin/python bench/bench_first_frame.py --planes 2 --n 24 --variants "pair, 4 candidates" \
+        "pair, init_keep_joint 2" "pair, init_keep_joint 2, coarse on plane A"   # a biplane pair
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -34,8 +37,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from diffdrr_ros.core.geometry import Detector  # noqa: E402
+from diffdrr_ros.core.geometry.rotations import make_transform, rpy_to_matrix  # noqa: E402
 from diffdrr_ros.core.metrics import inplane_depth_error  # noqa: E402
-from diffdrr_ros.core.registration import Registrar, RegistrationConfig, prepare_fixed  # noqa: E402
+from diffdrr_ros.core.registration import Registrar, RegistrationConfig, View, prepare_fixed  # noqa: E402
 from diffdrr_ros.core.sim import XRayStyle  # noqa: E402
 from diffdrr_ros.core.sim.xray import collimator_mask, simulate_xray  # noqa: E402
 from diffdrr_ros.core.volume.phantoms import make_phantom  # noqa: E402
@@ -52,7 +56,14 @@ VARIANTS = {
     "smoothed lm polish, 4 candidates, 50 coarse": {"polish_optimizer": "lm", "init_keep": 4,
                                                     "polish_coarse_iterations": 50},
     "smoothed lm polish, 2 candidates": {"polish_optimizer": "lm", "init_keep": 2},
+    # --planes 2 (a biplane pair): the node's default carries init_keep_joint = 2 when more than one view
+    "pair, 4 candidates": {"polish_optimizer": "lm", "init_keep": 4},
+    "pair, init_keep_joint 2": {"polish_optimizer": "lm", "init_keep": 4, "init_keep_joint": 2},
+    "pair, init_keep_joint 2, coarse on plane A": {"polish_optimizer": "lm", "init_keep": 4, "init_keep_joint": 2,
+                                                   "coarse_views": "reference"},
 }
+#: A biplane's plane B (``--planes 2``): 90 deg about the camera's y axis from plane A, same panel (the demo's).
+CAM_B_FROM_A = make_transform(rpy_to_matrix(0.0, math.pi / 2, 0.0), torch.zeros(3, dtype=torch.float64))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--spread", type=float, default=1.0, help="set-ups within spread x (+-0.1 rad, +-15 mm)")
+    ap.add_argument("--planes", type=int, choices=(1, 2), default=1, help="2: a biplane pair (plane B 90 deg)")
     ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=None, help="default: all")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "first_frame.json")
     args = ap.parse_args(argv)
@@ -87,10 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         truth = ref.pose_from_carm(angles, trans)
         fixed = prepare_fixed(simulate_xray(ref.render(truth[None])[0], style, torch.Generator().manual_seed(k)),
                               log_transform=True, i0=style.i0)
+        views = []
+        if args.planes == 2:  # plane B's frame of the same instant, its own noise
+            frame_b = simulate_xray(ref.render((CAM_B_FROM_A @ truth)[None])[0], style,
+                                    torch.Generator().manual_seed(1000 + k))
+            views = [View(prepare_fixed(frame_b, log_transform=True, i0=style.i0), CAM_B_FROM_A, mask)]
         for name in names:  # interleaved: the same load for every variant
             reg = regs[name]
             c0 = time.process_time()
-            r = reg.register(fixed, init, mask=mask, truth=truth)
+            r = reg.register(fixed, init, mask=mask, truth=truth, views=views)
             cpu = time.process_time() - c0
             e = inplane_depth_error(r.pose, truth, reg.targets)
             rows.append({"variant": name, "case": k, "time_s": r.wall_time_s, "cpu_s": cpu, "mtre_mm": r.mtre_mm,
@@ -98,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                          "verdict": r.verdict, "stages": r.stages, "runner_up_mm": r.runner_up_mm,
                          "runner_up_gap": r.runner_up_gap})
         loads.append(os.getloadavg()[0])
-    print(f"head phantom, 128 px, {args.n} set-ups (spread {args.spread:g}), {args.threads} threads, "
+    print(f"head phantom, 128 px, {args.planes} plane(s), {args.n} set-ups (spread {args.spread:g}), "
+          f"{args.threads} threads, "
           f"load {min(loads):.2f}-{max(loads):.2f}")
     print("| variant | time p50 / p95 (range) | CPU time p50 / p95 | mTRE median (max) | < 2 mm | in plane median "
           "| along the beam median |")

@@ -217,8 +217,7 @@ class _PhysicsObjective:
         self.count = 0
         with torch.no_grad():
             for f, p, v, m in zip(fixed_frames, poses, views, masks, strict=True):
-                full = registrar._full_frames(f, m, tuple(v))
-                for g in registrar._frames_at(full, self.lvl):
+                for g in registrar.view_stacks(f, m, tuple(v), level):
                     det = self.lvl.detector if g.detector is None else g.detector
                     a = mass_thicknesses(self.lvl.volume, g.poses(p.to(registrar.device)[None]), det, settings)
                     self.items.append((g, a.to(torch.float64)))

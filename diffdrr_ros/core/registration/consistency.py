@@ -46,7 +46,7 @@ def own_view_shift_mm(
     """
     cfg = registrar.config
     level = registrar.levels[-1]
-    frames = registrar._frames_at(registrar._full_frames(fixed, mask, list(views)), level)
+    frames = registrar.view_stacks(fixed, mask, views)
     start = pose.to(torch.float64).cpu()
     refined, _, _, _ = lm_refine(level.volume, frames, level.detector, start, registrar.center,
                                  registrar.settings(level.factor), cfg.similarity, cfg.compare,

@@ -420,6 +420,14 @@ class Registrar:
             out.append(ViewStack(f, m, g.cam_from_ref, det, g.indices))
         return out
 
+    def view_stacks(self, fixed: np.ndarray | Tensor, mask: Bool[Tensor, "H W"] | np.ndarray | None = None,
+                    views: Sequence[View] = (), level: int = -1) -> list[ViewStack]:
+        """The frame and its ``views`` as the optimiser sees them at pyramid level ``level`` (default: the finest).
+
+        Checked as :meth:`register` checks them; one :class:`.ViewStack` per detector geometry.
+        """
+        return self._frames_at(self._full_frames(fixed, mask, views), self.levels[level])
+
     def register(
         self,
         fixed: np.ndarray | Tensor,

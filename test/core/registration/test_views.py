@@ -176,3 +176,17 @@ def test_a_wide_pair_carries_fewer_candidates_and_may_search_on_the_reference_al
         RegistrationConfig(coarse_views="plane_b")
     with pytest.raises(ValueError, match="init_keep_joint"):
         RegistrationConfig(init_keep_joint=0)
+
+
+def test_view_stacks_group_the_views_by_panel_at_a_level():
+    reg = Registrar(make_phantom("head_tiny"), DET, RegistrationConfig(**FAST), device="cpu")
+    panel_b = Detector(24, 28, spacing_mm=(14.0, 12.0), sdd_mm=1100.0, sid_mm=700.0)
+    pose = reg.pose_from_carm([0.1, 0.0, 0.0], [0.0, 0.0, 0.0])
+    cam_b = camera_motion(CArmJoints(0.0, 0.1), CArmJoints(math.radians(90), 0.1))
+    fixed_a, fixed_b = reg.render(pose[None])[0], render(reg.volume, cam_b @ pose, panel_b)
+    views = [View(fixed_a, torch.eye(4, dtype=D)), View(fixed_b, cam_b, None, panel_b)]
+    fine = reg.view_stacks(fixed_a, None, views)
+    assert [g.indices for g in fine] == [(0, 1), (2,)]  # plane A's two frames in one batch, plane B's own
+    assert tuple(fine[0].fixed.shape) == (2, 32, 32) and tuple(fine[1].fixed.shape) == (1, 24, 28)
+    coarse = reg.view_stacks(fixed_a, None, views, level=0)  # pyramid (2, 1): half the pixels a side
+    assert tuple(coarse[0].fixed.shape) == (2, 16, 16) and tuple(coarse[1].fixed.shape) == (1, 12, 14)
