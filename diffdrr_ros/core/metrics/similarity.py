@@ -119,7 +119,18 @@ _SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 
 
 
 def image_gradients(x: Float[Tensor, "B H W"]) -> tuple[Float[Tensor, "B H W"], Float[Tensor, "B H W"]]:
-    """Sobel gradients (d/dcol, d/drow) with replicate padding."""
+    """Sobel gradients (d/dcol, d/drow) with replicate padding: [1 2 1] / 8 across, central difference along.
+
+    Shifted slices (float64 ``conv2d`` is slow on the CPU); :func:`image_gradients_reference` convolves.
+    """
+    xp = F.pad(x[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
+    across_rows = xp[:, :-2, :] + 2 * xp[:, 1:-1, :] + xp[:, 2:, :]  # B H W+2
+    across_cols = xp[:, :, :-2] + 2 * xp[:, :, 1:-1] + xp[:, :, 2:]  # B H+2 W
+    return (across_rows[:, :, 2:] - across_rows[:, :, :-2]) / 8, (across_cols[:, 2:, :] - across_cols[:, :-2, :]) / 8
+
+
+def image_gradients_reference(x: Float[Tensor, "B H W"]) -> tuple[Float[Tensor, "B H W"], Float[Tensor, "B H W"]]:
+    """:func:`image_gradients` by convolution with the Sobel kernels (the readable reference)."""
     k = _SOBEL.to(x)
     xp = F.pad(x[:, None], (1, 1, 1, 1), mode="replicate")
     gx = F.conv2d(xp, k[None, None])[:, 0]

@@ -226,3 +226,12 @@ def test_blur_setting_is_a_normalised_gaussian_psf():
     assert psf[4, 4] == psf.max() and torch.allclose(psf, psf.T) and torch.allclose(psf, psf.flip(0))
     with pytest.raises(ValueError):
         RenderSettings(blur_sigma_px=-1.0)
+
+
+@pytest.mark.parametrize("sigma", [0.3, 0.6, 2.09, 2.5, 4.0])
+def test_the_sliced_blur_is_the_convolution(sigma):
+    from diffdrr_ros.core.drr.render import SLICED_BLUR_MAX_HALF_WIDTH, gaussian_blur, gaussian_blur_reference
+
+    x = torch.rand(3, 37, 41, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(gaussian_blur(x, sigma), gaussian_blur_reference(x, sigma), rtol=0, atol=1e-14)
+    assert math.ceil(3 * 2.5) <= SLICED_BLUR_MAX_HALF_WIDTH < math.ceil(3 * 4.0)  # both paths are exercised

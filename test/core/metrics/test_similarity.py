@@ -98,3 +98,15 @@ def test_target_points_and_mtre():
     r = centred[:, :2].norm(dim=-1)
     expected = (2 * r * math.sin(a / 2)).mean()
     torch.testing.assert_close(m.mean_target_registration_error(rot, eye, centred), expected)
+
+
+def test_the_sliced_sobel_gradients_are_the_convolution():
+    from diffdrr_ros.core.metrics.similarity import image_gradients, image_gradients_reference
+
+    x = torch.rand(2, 19, 23, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    for fast, ref in zip(image_gradients(x), image_gradients_reference(x), strict=True):
+        torch.testing.assert_close(fast, ref, rtol=0, atol=1e-15)
+    ramp = torch.arange(23, dtype=torch.float64).expand(1, 19, 23)  # d/dcol = 1 inside, 1/2 at the replicated edge
+    gx, gy = image_gradients(ramp)
+    assert torch.allclose(gx[0, :, 1:-1], torch.ones(19, 21, dtype=torch.float64)) and float(gy.abs().max()) == 0
+    assert torch.allclose(gx[0, :, [0, -1]], torch.full((19, 2), 0.5, dtype=torch.float64))
