@@ -94,8 +94,8 @@ PARAMS: list[Param] = [
           "carried (2: one reaches the finest level, 0.6 s less on 2 cores; no runner-up for gate.ambiguity_mm)",
           False, (1, 64)),
     Param("registration.coarse_views", "all", "views of the wide registration's search and coarse levels: all, or "
-          "reference (this frame alone, the other views join at the finest level: 0.1-0.2 s less, but the other "
-          "views no longer rank the candidates)", choices=("all", "reference")),
+          "reference (this frame alone, the other views join at the finest level: 0.25 s less for a pair, but the "
+          "other views no longer rank the candidates)", choices=("all", "reference")),
     Param("registration.first_frame_polish", "lm", "optimiser of the first frame's finest level: lm "
           "(Levenberg-Marquardt polishes what the search and Adam found, first on both images smoothed by 2 px, "
           "after at most 30 coarse Adam steps: 24/24 first frames < 2 mm, p50 1.4 s on 2 cores, docs/results.md) "
