@@ -121,8 +121,11 @@ _SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 
 def image_gradients(x: Float[Tensor, "B H W"]) -> tuple[Float[Tensor, "B H W"], Float[Tensor, "B H W"]]:
     """Sobel gradients (d/dcol, d/drow) with replicate padding: [1 2 1] / 8 across, central difference along.
 
-    Shifted slices (float64 ``conv2d`` is slow on the CPU); :func:`image_gradients_reference` convolves.
+    Shifted slices on the CPU (float64 ``conv2d`` is slow there); elsewhere :func:`image_gradients_reference`
+    (one convolution launch per direction).
     """
+    if x.device.type != "cpu":
+        return image_gradients_reference(x)
     xp = F.pad(x[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
     across_rows = xp[:, :-2, :] + 2 * xp[:, 1:-1, :] + xp[:, 2:, :]  # B H W+2
     across_cols = xp[:, :, :-2] + 2 * xp[:, :, 1:-1] + xp[:, :, 2:]  # B H+2 W
