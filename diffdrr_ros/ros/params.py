@@ -225,6 +225,10 @@ PARAMS: list[Param] = [
     Param("frames.detector", "carm_detector_optical", "detector frame on /tf (centre of the detector, axes as "
           "frames.source), for every frame paired with joints; name it as the images' frame_id ('' to not "
           "publish it, e.g. when a C-arm URDF does)", True),
+    Param("frames.source_b", "carm_source_b_optical", "plane B's X-ray source frame on /tf (biplane.enabled), at "
+          "the stamp of every plane B frame paired with a plane A frame", True),
+    Param("frames.detector_b", "carm_detector_b_optical", "plane B's detector frame on /tf (as frames.detector, for "
+          "plane B's images' frame_id; '' to not publish it)", True),
     Param("frames.world", "world", "parent of the C-arm frame on /tf_static ('' to not publish it)", True),
     Param("frames.world_to_carm", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "world->C-arm static transform: x y z (m) "
           "roll pitch yaw (rad)", True),

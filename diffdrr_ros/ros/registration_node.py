@@ -257,6 +257,9 @@ class RegistrationGlue:
             if not self.frames[key]:
                 raise StartupError(f"frames.{key} must not be empty (tf2 rejects empty frame ids)")
         self.frames["detector"] = self._p("frames.detector")
+        self.frames["source_b"], self.frames["detector_b"] = self._p("frames.source_b"), self._p("frames.detector_b")
+        if self._p("biplane.enabled") and not self.frames["source_b"]:
+            raise StartupError("frames.source_b must not be empty with biplane.enabled (tf2 rejects empty frame ids)")
         self.images.configure()
         self.detector = self.images.working_detector(self._detector_from_params())  # the registration's size
         self.detector_b = None  # plane B's own intrinsics (None: plane A's)
@@ -897,6 +900,7 @@ class RegistrationGlue:
                 self._note("biplane_unpaired", "no plane B joint state near its frame: registering plane A alone")
                 return []
             cam_b_from_cam_a = cam_from_iso(near[0]) @ invert_transform(cam_from_iso(frame.joints))
+        self._publish_camera_frames(frame.joints, best.header.stamp, cam_b_from_cam_a)
         return [View(fixed, cam_b_from_cam_a, mask, self.detector_b)]
 
     def _lost_track_gate(self) -> LostTrackGate:
@@ -1007,25 +1011,30 @@ class RegistrationGlue:
         self.tf_pub.publish(TFMessage(transforms=[
             stamped_transform(iso_ct, self.frames["carm"], self.frames["ct"], stamp)]))
 
-    def _publish_camera_frames(self, joints: CArmJoints, stamp) -> None:
+    def _publish_camera_frames(self, joints: CArmJoints, stamp, cam_b_from_cam_a: torch.Tensor | None = None) -> None:
         """Where the C-arm's joints put the source and the detector at ``stamp`` (whatever the registration gives).
 
         ``frames.source``: the X-ray source, the pinhole of ``~/overlay/camera_info``; ``frames.detector``: the
         detector's centre (the images' frame), ``SDD - SID`` beyond the isocentre, offset by the principal point;
-        both with the ``cam`` axes (x along columns, y along rows, z along the beam: an optical frame).
+        both with the ``cam`` axes (x along columns, y along rows, z along the beam: an optical frame). With
+        ``cam_b_from_cam_a`` (``T_camB_camA``, mm): plane B's, ``frames.source_b`` and ``frames.detector_b``,
+        with its own intrinsics.
         """
-        det = self.detector
+        iso_cam = invert_transform(cam_from_iso(joints))
+        det, names = self.detector, (self.frames["source"], self.frames["detector"])
+        if cam_b_from_cam_a is not None:
+            iso_cam = iso_cam @ invert_transform(cam_b_from_cam_a.to(torch.float64))
+            det, names = self.detector_b or self.detector, (self.frames["source_b"], self.frames["detector_b"])
         sid, sdd = float(det.sid), float(det.sdd_mm)
         x0, y0 = (float(v) for v in det.principal_point_mm)
-        iso_cam = invert_transform(cam_from_iso(joints))
         eye = torch.eye(3, dtype=torch.float64)
         transforms = [stamped_transform(iso_cam @ make_transform(eye, torch.tensor([0.0, 0.0, -sid],
                                                                                     dtype=torch.float64)),
-                                        self.frames["carm"], self.frames["source"], stamp)]
-        if self.frames["detector"]:
+                                        self.frames["carm"], names[0], stamp)]
+        if names[1]:
             transforms.append(stamped_transform(
                 iso_cam @ make_transform(eye, torch.tensor([x0, y0, sdd - sid], dtype=torch.float64)),
-                self.frames["carm"], self.frames["detector"], stamp))
+                self.frames["carm"], names[1], stamp))
         self.tf_pub.publish(TFMessage(transforms=transforms))
 
     def _publish_pose(self, iso_ct: torch.Tensor, stamp, covariance: list[float]) -> None:

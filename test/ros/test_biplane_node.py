@@ -14,7 +14,7 @@ from test_registration_node import I0, NODE_PARAMS, Scene, send
 
 from diffdrr_ros.core.drr import render, to_intensity
 from diffdrr_ros.core.geometry import CArmJoints, Detector, initial_pose
-from diffdrr_ros.ros.conversions import array_to_image, seconds_to_stamp, xyz_rpy_to_matrix
+from diffdrr_ros.ros.conversions import array_to_image, seconds_to_stamp, transform_to_matrix, xyz_rpy_to_matrix
 from diffdrr_ros.ros.harness import GraphClient, running_node
 
 DET_B = Detector(40, 44, spacing_mm=(9.0, 9.0), sdd_mm=1100.0, sid_mm=800.0)
@@ -104,3 +104,24 @@ def test_a_plane_b_frame_arriving_just_after_plane_a_still_pairs(system):
     tf = client.tf_for(130)
     assert tf is not None, node.log()  # a pair: the depth is known
     assert scene.mtre(tf, j) < 2.0
+
+
+def test_plane_b_source_and_detector_are_on_tf_at_plane_b_stamps(system):
+    """Plane B's images (frame_id carm_detector_b_optical) can be placed: its source and detector go on /tf at
+    the paired plane B frame's stamp, 90 deg about the isocentre from plane A's, at plane B's own SID / SDD."""
+    client, _, scene, node = system
+    j = CArmJoints(lao_rad=math.radians(4), cranial_rad=math.radians(5))
+    register_pair(system, _frame_b(scene, j, 140), j, 140)
+    det_b = client.tf_for(140.01, child="carm_detector_b_optical")
+    src_b = client.tf_for(140.01, child="carm_source_b_optical")
+    det_a = client.tf_for(140, child="carm_detector_optical")
+    assert det_b is not None and src_b is not None and det_a is not None, node.log()
+    t_det_b, t_src_b, t_det_a = (transform_to_matrix(x.transform) for x in (det_b, src_b, det_a))  # mm
+    assert det_b.header.frame_id == "carm_isocenter"
+    assert float(t_det_b[:3, 3].norm()) == pytest.approx(DET_B.sdd_mm - DET_B.sid_mm, abs=1e-6)
+    assert float(t_src_b[:3, 3].norm()) == pytest.approx(DET_B.sid_mm, abs=1e-6)
+    beam_a, beam_b = t_det_a[:3, 2], t_det_b[:3, 2]
+    assert float(beam_a @ beam_b) == pytest.approx(0.0, abs=1e-9)  # biplane.cam_b_from_cam_a: 90 deg apart
+    # T_camB_camA = rot_y(90 deg): plane B's beam is plane A's -x axis (seen from the isocentre)
+    torch.testing.assert_close(beam_b, -t_det_a[:3, 0])
+    torch.testing.assert_close(t_det_b[:3, 2], t_src_b[:3, 2])  # one beam axis, source to detector
