@@ -13,7 +13,8 @@ Interfaces (names relative to the node's namespace; see README):
 * publishes ``/tf`` (carm -> source and carm -> detector for every frame paired with joints,
   carm -> ct for known poses, stamped with the image time), ``/tf_static`` (world -> carm),
   ``~/ct_pose`` (PoseWithCovarianceStamped), ``~/overlay`` (Image rgb8) with
-  ``~/overlay/camera_info`` (CameraInfo: the source as the pinhole), ``/diagnostics``
+  ``~/overlay/camera_info`` (CameraInfo: the source as the pinhole; a biplane's plane B: ``~/overlay_b``,
+  and its source and detector on ``/tf``), ``/diagnostics``
   (DiagnosticArray: the registration, and each input topic's frequency / stamp status as
   diagnostic_updater reports them, :mod:`.topic_status`);
 * services ``~/reregister`` and ``~/reset`` (std_srvs/Trigger).
@@ -295,11 +296,17 @@ class RegistrationGlue:
         self.overlay_pub = self.create_publisher(Image, "~/overlay", 2)
         self.overlay_info_pub = self.create_publisher(CameraInfo, "~/overlay/camera_info", 2)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.overlay_b_pub = self.overlay_b_info_pub = None  # plane B's overlay, with biplane.enabled
+        self._plane_b_stamp = None  # the stamp of the plane B frame last paired
+        if self._p("biplane.enabled"):
+            self.overlay_b_pub = self.create_publisher(Image, "~/overlay_b", 2)
+            self.overlay_b_info_pub = self.create_publisher(CameraInfo, "~/overlay_b/camera_info", 2)
         self.topic_status = self._topic_statuses()
         self.images.statuses = self.topic_status
         self._configured = [
             ("publisher", self.tf_pub), ("publisher", self.tf_static_pub), ("publisher", self.pose_pub),
             ("publisher", self.overlay_pub), ("publisher", self.overlay_info_pub), ("publisher", self.diag_pub),
+            *(("publisher", p) for p in (self.overlay_b_pub, self.overlay_b_info_pub) if p is not None),
             ("service", self.create_service(Trigger, "~/reregister", self._on_reregister)),
             ("service", self.create_service(Trigger, "~/reset", self._on_reset)),
             ("timer", self.create_timer(self._p("diagnostics_period_s"), self._on_diagnostics_timer)),
@@ -668,7 +675,7 @@ class RegistrationGlue:
                 self.tracker.lose()  # the next frame starts again from the joints
             self._reject(f"registration rejected by the quality gate: {verdict}", info=info,
                          level=DiagnosticStatus.WARN)
-            self._publish_overlay(frame, result, REJECTED)
+            self._publish_overlay(frame, result, REJECTED, planes)
             return
         self._remember(frame, result)
         t_cov = time.perf_counter()
@@ -681,13 +688,13 @@ class RegistrationGlue:
         if ambiguous or (not known and not self._p("gate.allow_unresolved_depth")):
             info.update(latency_ms=f"{(time.perf_counter() - t_in) * 1000:.1f}")  # arrival to the decision
             self._hold_back(frame, result, cov, ambiguous or why, info)
-            self._publish_overlay(frame, result, HELD_BACK)
+            self._publish_overlay(frame, result, HELD_BACK, planes)
             return
         self._publish(frame, result, self._ros_covariance(cov, frame))
         latency = time.perf_counter() - t_in  # frame arrival to TF
         info.update(latency_ms=f"{latency * 1000:.1f}")
         self._published(start, result, info, "" if known else why, latency)
-        self._publish_overlay(frame, result, PUBLISHED)  # after the TF: a picture never delays a pose
+        self._publish_overlay(frame, result, PUBLISHED, planes)  # after the TF: a picture never delays a pose
         if known and self.calibration is not None and not self.calibration.done:
             # only known poses (not those published although unresolved): one view trades the kVp for depth
             self._calibrate_with(frame, result, planes + self.window.as_views(kept, frame.joints))
@@ -901,6 +908,7 @@ class RegistrationGlue:
                 return []
             cam_b_from_cam_a = cam_from_iso(near[0]) @ invert_transform(cam_from_iso(frame.joints))
         self._publish_camera_frames(frame.joints, best.header.stamp, cam_b_from_cam_a)
+        self._plane_b_stamp = best.header.stamp  # for its overlay
         return [View(fixed, cam_b_from_cam_a, mask, self.detector_b)]
 
     def _lost_track_gate(self) -> LostTrackGate:
@@ -1045,24 +1053,39 @@ class RegistrationGlue:
         pose.pose.covariance = covariance
         self.pose_pub.publish(pose)
 
-    def _publish_overlay(self, frame: Frame, result: RegistrationResult, color: tuple[int, int, int]) -> None:
+    def _publish_overlay(self, frame: Frame, result: RegistrationResult, color: tuple[int, int, int],
+                         planes: list[View] = ()) -> None:
         """The frame with the DRR's edges at the registered pose, and its CameraInfo, only while someone subscribes.
 
         Both in ``frames.source`` (the pinhole of the projection, on /tf at the frame's stamp), at the
         registration's working resolution: K = [SDD/dx 0 cx; 0 SDD/dy cy; 0 0 1] of the working detector.
+        A biplane pair's plane B (``planes``): the same on ``~/overlay_b`` in ``frames.source_b``, at plane B's
+        stamp (its TF went out with its frame) and with its own detector.
         """
-        stamp, frame_id = frame.msg.header.stamp, self.frames["source"]
-        if self.overlay_info_pub.get_subscription_count() > 0 or self.overlay_pub.get_subscription_count() > 0:
-            self.overlay_info_pub.publish(self._overlay_camera_info(stamp, frame_id))
-        if self.overlay_pub.get_subscription_count() == 0:
-            return
-        drr = self.registrar.render(result.pose[None])[0].cpu().numpy()
-        rgb = overlay(frame.fixed.cpu().numpy(), drr, mode=self._p("overlay.mode"), color=color)
-        self.overlay_pub.publish(array_to_image(rgb, "rgb8", stamp, frame_id))
+        self._overlay_on(self.overlay_pub, self.overlay_info_pub, frame.msg.header.stamp, self.frames["source"],
+                         frame.fixed, result.pose, None, color)
+        if planes and self.overlay_b_pub is not None and self._plane_b_stamp is not None:
+            b = planes[0]
+            self._overlay_on(self.overlay_b_pub, self.overlay_b_info_pub, self._plane_b_stamp,
+                             self.frames["source_b"], b.fixed, b.cam_from_ref.to(result.pose) @ result.pose,
+                             b.detector or self.detector, color)
 
-    def _overlay_camera_info(self, stamp, frame_id: str) -> CameraInfo:
+    def _overlay_on(self, pub, info_pub, stamp, frame_id: str, fixed, pose: torch.Tensor, det: Detector | None,
+                    color: tuple[int, int, int]) -> None:
+        """One plane's overlay: ``fixed`` (working size, DRR-like units) with the edges of the DRR at ``pose``
+        (``T_cam_ct`` of that plane; ``det``: its detector, None: plane A's)."""
+        if info_pub.get_subscription_count() > 0 or pub.get_subscription_count() > 0:
+            info_pub.publish(self._overlay_camera_info(stamp, frame_id, det))
+        if pub.get_subscription_count() == 0:
+            return
+        drr = self.registrar.render(pose[None], detector=det)[0].cpu().numpy()
+        fixed = fixed.cpu().numpy() if isinstance(fixed, torch.Tensor) else np.asarray(fixed)
+        rgb = overlay(fixed, drr, mode=self._p("overlay.mode"), color=color)
+        pub.publish(array_to_image(rgb, "rgb8", stamp, frame_id))
+
+    def _overlay_camera_info(self, stamp, frame_id: str, det: Detector | None = None) -> CameraInfo:
         """The working detector as a pinhole camera at the source (no distortion), for rviz and image_geometry."""
-        det = self.detector
+        det = self.detector if det is None else det
         k = [float(v) for v in det.intrinsic_matrix().reshape(-1).tolist()]
         info = CameraInfo(height=int(det.height), width=int(det.width), distortion_model="plumb_bob",
                           d=[0.0] * 5, k=k, r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],

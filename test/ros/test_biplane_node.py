@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import pytest
 import torch
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -125,3 +126,26 @@ def test_plane_b_source_and_detector_are_on_tf_at_plane_b_stamps(system):
     # T_camB_camA = rot_y(90 deg): plane B's beam is plane A's -x axis (seen from the isocentre)
     torch.testing.assert_close(beam_b, -t_det_a[:3, 0])
     torch.testing.assert_close(t_det_b[:3, 2], t_src_b[:3, 2])  # one beam axis, source to detector
+
+
+def test_plane_b_overlay_while_someone_subscribes(system):
+    """~/overlay_b: plane B's frame with the DRR's edges at the pair's pose, in frames.source_b at plane B's
+    stamp and size, its CameraInfo with plane B's intrinsics."""
+    from sensor_msgs.msg import CameraInfo
+
+    client, _, scene, node = system
+    images, infos = [], []
+    client.node.create_subscription(Image, "/diffdrr_registration/overlay_b", images.append, 2)
+    client.node.create_subscription(CameraInfo, "/diffdrr_registration/overlay_b/camera_info", infos.append, 2)
+    client.spin_for(1.0)  # discovery: the node renders an overlay only for a subscriber
+    j = CArmJoints(lao_rad=math.radians(-2), cranial_rad=math.radians(5))
+    register_pair(system, _frame_b(scene, j, 150), j, 150)
+    assert client.spin_until(lambda: images and infos, 10.0), node.log()
+    img, info = images[-1], infos[-1]
+    assert (img.height, img.width, img.encoding) == (DET_B.height, DET_B.width, "rgb8")
+    assert img.header.frame_id == info.header.frame_id == "carm_source_b_optical"
+    assert img.header.stamp.sec + 1e-9 * img.header.stamp.nanosec == pytest.approx(150.01, abs=1e-6)
+    assert info.k[0] == pytest.approx(DET_B.sdd_mm / 9.0) and (info.height, info.width) == (40, 44)
+    rgb = np.frombuffer(bytes(img.data), np.uint8).reshape(DET_B.height, DET_B.width, 3)
+    coloured = (rgb[..., 0] != rgb[..., 1]) | (rgb[..., 1] != rgb[..., 2])
+    assert coloured.mean() > 0.01  # the DRR's edges drawn in colour over the grey frame

@@ -192,11 +192,13 @@ class Registrar:
         return RenderSettings(method=self.config.method, blur_sigma_px=self.config.drr_blur_sigma_px / factor,
                               poly=self.poly_model())
 
-    def render(self, pose: Float[Tensor, "... 4 4"], level: int = -1) -> Tensor:
-        """DRR(s) at ``pose`` at pyramid ``level`` (default: full resolution), no grad."""
+    def render(self, pose: Float[Tensor, "... 4 4"], level: int = -1, detector: Detector | None = None) -> Tensor:
+        """DRR(s) at ``pose`` at pyramid ``level`` (default: full resolution), no grad; ``detector``: another
+        panel's intrinsics (a biplane's plane B, at its full resolution) instead of the level's."""
         lvl = self.levels[level]
         with torch.no_grad():
-            return render(lvl.volume, pose.to(self.device, torch.float64), lvl.detector, self.settings(lvl.factor))
+            return render(lvl.volume, pose.to(self.device, torch.float64), lvl.detector if detector is None
+                          else detector, self.settings(lvl.factor))
 
     def pose_from_carm(self, angles_rad: Tensor | list[float], translation_mm: Tensor | list[float]) -> Tensor:
         """``T_cam_ct`` from the seed's C-arm parameters, for this CT's centre."""
