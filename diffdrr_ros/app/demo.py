@@ -11,7 +11,8 @@
    every pair's depth is known; ``planes=1``: one plane, whose early frames' depth is not;
 5. scores every transform the node publishes on /tf against the ground truth (mTRE over
    27 targets) and measures frame-to-TF latency;
-6. prints a summary and writes overlay PNGs, an animated GIF and ``summary.json``.
+6. prints a summary and writes overlay PNGs, an animated GIF (a biplane: plane A | plane B) and
+   ``summary.json``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,19 @@ def _write_gif(path: Path, frames: list[np.ndarray], fps: float = 2.0) -> None:
 
     imgs = [PILImage.fromarray(f) for f in frames]
     imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0)
+
+
+def _with_plane_b(overlay_a, overlays_b: list, to_pixels) -> np.ndarray:
+    """Plane A's overlay, with plane B's of the same instant (|stamp difference| < 50 ms) beside it if any."""
+    def stamp(m) -> float:
+        return m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec
+
+    a = to_pixels(overlay_a)
+    near = min(overlays_b, key=lambda b: abs(stamp(b) - stamp(overlay_a)), default=None)
+    if near is None or abs(stamp(near) - stamp(overlay_a)) > 0.05:
+        return a
+    b = to_pixels(near)
+    return side_by_side(a, b) if b.shape[0] == a.shape[0] else a
 
 
 # Plane B's camera seen from plane A's (x y z m, roll pitch yaw rad): a lateral plane 90 deg from a frontal one,
@@ -108,6 +122,9 @@ def run_demo(out_dir: Path, n_frames: int = 16, period_s: float = 1.0, phantom: 
 
         pub_b = client.node.create_publisher(Image, "fluoro_b/image",
                                              QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    overlays_b: list = []  # plane B's ~/overlay_b, shown beside plane A's
+    if sim_b is not None:
+        client.node.create_subscription(Image, f"{client.node_name}/overlay_b", overlays_b.append, 5)
     targets = target_points(volume.center, volume.extent_mm)
     prior = default_prior(volume.center)  # the node's default prior (CT centre on the isocentre)
     sent: list[dict] = []
@@ -209,7 +226,7 @@ def run_demo(out_dir: Path, n_frames: int = 16, period_s: float = 1.0, phantom: 
         "device": diag.get("device", "?"), "node_exit_code": rc, "rows": rows,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    overlays = [image_to_pixels(o) for o in client.overlays]
+    overlays = [_with_plane_b(o, overlays_b, image_to_pixels) for o in client.overlays]
     if overlays:
         picks = sorted({0, len(overlays) // 2, len(overlays) - 1})
         for i in picks:
