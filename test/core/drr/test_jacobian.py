@@ -72,3 +72,19 @@ def test_pose_jacobian_matches_finite_differences():
         fd = (plus - minus) / (2 * h)
         assert float(fd.abs().max()) > 0
         assert float((jac[0, ..., i] - fd).abs().max()) < 2e-3 * float(fd.abs().max()), i
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (checked on the lent GPU only)")
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_the_pose_jacobian_on_cuda_equals_the_cpu_one(name):
+    """The LM's GPU path (numba-cuda kernels, the torch chain and blur on the device) against the fused CPU path."""
+    from diffdrr_ros.core.drr import cuda as cuda_kernels
+
+    if not cuda_kernels.available():
+        pytest.skip("numba-cuda is not installed (requirements/gpu.txt)")
+    vol, pose, pivot = _scene()
+    settings = SETTINGS[name]
+    want = render_with_pose_jacobian(vol, pose[None], DET, pivot[None], settings)
+    img, jac = render_with_pose_jacobian(vol.to("cuda"), pose[None].cuda(), DET, pivot[None].cuda(), settings)
+    torch.testing.assert_close(img.cpu().to(D), want[0], atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(jac.cpu().to(D), want[1], atol=1e-8, rtol=1e-7)
