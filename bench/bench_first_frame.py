@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from diffdrr_ros.core.drr import render  # noqa: E402
 from diffdrr_ros.core.geometry import Detector  # noqa: E402
 from diffdrr_ros.core.geometry.rotations import make_transform, rpy_to_matrix  # noqa: E402
 from diffdrr_ros.core.metrics import inplane_depth_error  # noqa: E402
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--spread", type=float, default=1.0, help="set-ups within spread x (+-0.1 rad, +-15 mm)")
     ap.add_argument("--planes", type=int, choices=(1, 2), default=1, help="2: a biplane pair (plane B 90 deg)")
+    ap.add_argument("--double-blur", action="store_true",
+                    help="the frames as before session 7: the DRR's blur and the detector's (0.85 px vs 0.6 modelled)")
     ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=None, help="default: all")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "first_frame.json")
     args = ap.parse_args(argv)
@@ -95,13 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     ref = regs[names[0]]
     init = ref.pose_from_carm([0.1, 0.3, 0.0], [0.0, 0.0, 0.0])
     loads = []
+
+    def line_integrals(pose):  # the frames' DRR: no blur of its own (simulate_xray blurs once, as the detector)
+        if args.double_blur:  # before session 7: the registrar's blurred DRR, blurred again by simulate_xray
+            return ref.render(pose[None])[0]
+        return render(ref.levels[-1].volume, pose, det)
+
     for k, (angles, trans) in enumerate(tqdm(cases, unit="frame")):
         truth = ref.pose_from_carm(angles, trans)
-        fixed = prepare_fixed(simulate_xray(ref.render(truth[None])[0], style, torch.Generator().manual_seed(k)),
+        fixed = prepare_fixed(simulate_xray(line_integrals(truth), style, torch.Generator().manual_seed(k)),
                               log_transform=True, i0=style.i0)
         views = []
         if args.planes == 2:  # plane B's frame of the same instant, its own noise
-            frame_b = simulate_xray(ref.render((CAM_B_FROM_A @ truth)[None])[0], style,
+            frame_b = simulate_xray(line_integrals(CAM_B_FROM_A @ truth), style,
                                     torch.Generator().manual_seed(1000 + k))
             views = [View(prepare_fixed(frame_b, log_transform=True, i0=style.i0), CAM_B_FROM_A, mask)]
         for name in names:  # interleaved: the same load for every variant

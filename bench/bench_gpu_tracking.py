@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from diffdrr_ros.core.drr import render  # noqa: E402
 from diffdrr_ros.core.geometry import Detector  # noqa: E402
 from diffdrr_ros.core.metrics import inplane_depth_error  # noqa: E402
 from diffdrr_ros.core.registration import Registrar, RegistrationConfig, pose_covariance, prepare_fixed  # noqa: E402
@@ -66,8 +67,10 @@ def run(device: str, size: int, frames: int, ct: str | None) -> list[dict]:
     reg = Registrar(_volume(ct), det, cfg, device=device)
     mask = collimator_mask(size, size, style.collimator_radius)
     truth = [reg.pose_from_carm([0.1, 0.3 + 0.005 * k, 0.0], [0.5 * k, -0.3 * k, 0.2 * k]) for k in range(frames + 1)]
-    fixed = [prepare_fixed(simulate_xray(reg.render(p[None])[0].cpu(), style, torch.Generator().manual_seed(k)),
-                           log_transform=True, i0=style.i0) for k, p in enumerate(truth)]
+    ct = reg.levels[-1].volume  # the frames: line integrals without the DRR's blur; simulate_xray blurs once
+    fixed = [prepare_fixed(simulate_xray(render(ct, p.to(reg.device), det).cpu(), style,
+                                         torch.Generator().manual_seed(k)), log_transform=True, i0=style.i0)
+             for k, p in enumerate(truth)]
     start = reg.pose_from_carm([0.1 + 0.009, 0.3 - 0.009, 0.005], [1.0, -0.6, 0.4])
     reg.register(fixed[0], start, mask=mask)  # warm-up (kernels compiled, pyramids built); not counted
     rows, steps = [], None

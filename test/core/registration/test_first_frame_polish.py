@@ -24,7 +24,11 @@ DET = Detector(128, 128, spacing_mm=(3.125, 3.125), sdd_mm=1020.0, sid_mm=750.0)
 
 @pytest.fixture(scope="module")
 def false_minimum_frame():
-    """``bench/bench_first_frame.py``'s set-up 23 and the pose its x2 level ended at (3.8 mm off)."""
+    """``bench/bench_first_frame.py``'s set-up 23 and the pose its x2 level ended at (3.8 mm off).
+
+    As that bench made its frames before session 7 (``--double-blur``): the registrar's blurred DRR blurred
+    again by ``simulate_xray``, i.e. 0.85 px of blur in the frame against the 0.6 px modelled.
+    """
     style = XRayStyle.mismatched()
     cfg = RegistrationConfig(similarity="gncc", compare="intensity", pyramid=(1,), init_search=False,
                              drr_blur_sigma_px=style.blur_sigma_px, polish_optimizer="lm")
