@@ -67,8 +67,8 @@ def run(device: str, size: int, frames: int, ct: str | None) -> list[dict]:
     reg = Registrar(_volume(ct), det, cfg, device=device)
     mask = collimator_mask(size, size, style.collimator_radius)
     truth = [reg.pose_from_carm([0.1, 0.3 + 0.005 * k, 0.0], [0.5 * k, -0.3 * k, 0.2 * k]) for k in range(frames + 1)]
-    ct = reg.levels[-1].volume  # the frames: line integrals without the DRR's blur; simulate_xray blurs once
-    fixed = [prepare_fixed(simulate_xray(render(ct, p.to(reg.device), det).cpu(), style,
+    volume = reg.levels[-1].volume  # the frames: line integrals without the DRR's blur; simulate_xray blurs once
+    fixed = [prepare_fixed(simulate_xray(render(volume, p.to(reg.device), det).cpu(), style,
                                          torch.Generator().manual_seed(k)), log_transform=True, i0=style.i0)
              for k, p in enumerate(truth)]
     start = reg.pose_from_carm([0.1 + 0.009, 0.3 - 0.009, 0.005], [1.0, -0.6, 0.4])

@@ -41,8 +41,10 @@ def _write_gif(path: Path, frames: list[np.ndarray], fps: float = 2.0) -> None:
 
 def _with_plane_b(overlay_a, overlays_b: list, to_pixels) -> np.ndarray:
     """Plane A's overlay, with plane B's of the same instant (|stamp difference| < 50 ms) beside it if any."""
+    from ..ros.conversions import stamp_to_seconds
+
     def stamp(m) -> float:
-        return m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec
+        return stamp_to_seconds(m.header.stamp)
 
     a = to_pixels(overlay_a)
     near = min(overlays_b, key=lambda b: abs(stamp(b) - stamp(overlay_a)), default=None)

@@ -15,7 +15,13 @@ from test_registration_node import I0, NODE_PARAMS, Scene, send
 
 from diffdrr_ros.core.drr import render, to_intensity
 from diffdrr_ros.core.geometry import CArmJoints, Detector, initial_pose
-from diffdrr_ros.ros.conversions import array_to_image, seconds_to_stamp, transform_to_matrix, xyz_rpy_to_matrix
+from diffdrr_ros.ros.conversions import (
+    array_to_image,
+    seconds_to_stamp,
+    stamp_to_seconds,
+    transform_to_matrix,
+    xyz_rpy_to_matrix,
+)
 from diffdrr_ros.ros.harness import GraphClient, running_node
 
 DET_B = Detector(40, 44, spacing_mm=(9.0, 9.0), sdd_mm=1100.0, sid_mm=800.0)
@@ -144,7 +150,7 @@ def test_plane_b_overlay_while_someone_subscribes(system):
     img, info = images[-1], infos[-1]
     assert (img.height, img.width, img.encoding) == (DET_B.height, DET_B.width, "rgb8")
     assert img.header.frame_id == info.header.frame_id == "carm_source_b_optical"
-    assert img.header.stamp.sec + 1e-9 * img.header.stamp.nanosec == pytest.approx(150.01, abs=1e-6)
+    assert stamp_to_seconds(img.header.stamp) == pytest.approx(150.01, abs=1e-6)
     assert info.k[0] == pytest.approx(DET_B.sdd_mm / 9.0) and (info.height, info.width) == (40, 44)
     rgb = np.frombuffer(bytes(img.data), np.uint8).reshape(DET_B.height, DET_B.width, 3)
     coloured = (rgb[..., 0] != rgb[..., 1]) | (rgb[..., 1] != rgb[..., 2])
